@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -271,6 +272,7 @@ def to_markdown(results: Sequence[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results", help="results folder (JSON + markdown)")
+    parser.add_argument("--tag", default="grounding_probe", help="file stem of the JSON and markdown")
     parser.add_argument("--categories", nargs="+", default=["colour", "shape"])
     parser.add_argument("--num-objects", nargs="+", type=int, default=[1, 12])
     parser.add_argument("--readouts", nargs="+", default=["cls_mean"], choices=READOUTS)
@@ -310,13 +312,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python -m textvision.bench.grounding_probe " + " ".join(argv if argv is not None else []),
+        "command": "python -m textvision.bench.grounding_probe "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    (out / "grounding_probe.json").write_text(json.dumps({"meta": meta, "probes": results}, indent=2))
-    (out / "grounding_probe.md").write_text(
+    (out / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "probes": results}, indent=2))
+    (out / f"{args.tag}.md").write_text(
         "# Grounding probe (encoder + option classifier, no LM)\n\n"
         f"`{meta['command']}`\n\n" + to_markdown(results)
     )

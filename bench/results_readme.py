@@ -76,6 +76,25 @@ _QUOTED = (
     ),
     ("data.md", "Synthetic data generation", "python -m textvision.bench.data --out results"),
     ("demo/metrics.md", "The CPU demo", "textvision demo"),
+    (
+        "grounding_probe_cls_mean.md",
+        "Grounding probe: CLS + mean readout (encoder only, no LM)",
+        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_cls_mean "
+        "--readouts cls_mean --steps 600 --threads 1",
+    ),
+    (
+        "grounding_probe_text_query.md",
+        "Grounding probe: text-query readout (encoder only, no LM)",
+        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_text_query "
+        "--readouts text_query --steps 600 --threads 1",
+    ),
+    (
+        "grounding_probe_curriculum.md",
+        "Grounding probe: 1 -> 12 objects curriculum, text-query readout",
+        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_curriculum "
+        "--categories colour --num-objects 12 --readouts text_query --fusion none "
+        "--curriculum-steps 1000 --steps 1600 --threads 1",
+    ),
 )
 
 
