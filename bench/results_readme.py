@@ -90,10 +90,10 @@ _QUOTED = (
     ),
     (
         "grounding_probe_curriculum.md",
-        "Grounding probe: 1 -> 12 objects curriculum, text-query readout",
+        "Grounding probe: a 1 -> 12 objects curriculum",
         "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_curriculum "
-        "--categories colour --num-objects 12 --readouts text_query --fusion none "
-        "--curriculum-steps 1000 --steps 1600 --threads 1",
+        "--categories colour --num-objects 12 --readouts cls_mean --curriculum-steps 1000 --steps 1600 "
+        "(and `--readouts text_query --fusion none`, see the file)",
     ),
 )
 

@@ -32,7 +32,7 @@ from textvision.data.magnifier import MAGNIFIER_CATEGORIES, MagnifierGenerator
 from textvision.data.mmvp_pairs import MMVP_CATEGORIES, MMVPPairsGenerator
 from textvision.data.sample import Sample
 from textvision.data.scene import SceneConfig
-from textvision.data.synthetic import SyntheticGenerator, SyntheticSplit
+from textvision.data.synthetic import ObjectCurriculumSplit, SyntheticGenerator, SyntheticSplit
 
 __all__ = [
     "LlavaDataModule",
@@ -70,7 +70,7 @@ class MixedSplit(Dataset):
     broken. Length: ``S`` times the shortest split, rounded down to a multiple of ``2·S``.
     """
 
-    def __init__(self, splits: Sequence[SyntheticSplit]):
+    def __init__(self, splits: Sequence[SyntheticSplit | ObjectCurriculumSplit]):
         if not splits:
             raise ValueError("MixedSplit needs at least one split")
         self.splits = list(splits)
@@ -124,6 +124,10 @@ class SyntheticDataModule(_SampleDataModule):
         colours: colour vocabulary (names from :data:`textvision.data.glyphs.COLOURS`).
         background_noise: amplitude of the background's uniform pixel noise.
         prompt_style: ``"short"`` or ``"letters"`` (see :mod:`textvision.data.sample`).
+        objects_warmup_steps: training batches over which the scenes grow from 1 object to
+            ``num_objects`` (:class:`~textvision.data.synthetic.ObjectCurriculumSplit`); 0 = every
+            training scene has ``num_objects``. Validation and test scenes always have
+            ``num_objects``.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class SyntheticDataModule(_SampleDataModule):
         colours: list[str] | None = None,
         background_noise: float = 0.03,
         prompt_style: str = "short",
+        objects_warmup_steps: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -152,6 +157,9 @@ class SyntheticDataModule(_SampleDataModule):
             raise ValueError("batch sizes must be positive")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if objects_warmup_steps < 0:
+            raise ValueError(f"objects_warmup_steps must be >= 0, got {objects_warmup_steps}")
+        self.objects_warmup_steps = objects_warmup_steps
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if size < 2 or size % 2:
                 raise ValueError(f"{name} must be a positive even number (pairs), got {size}")
@@ -171,11 +179,11 @@ class SyntheticDataModule(_SampleDataModule):
             colours=tuple(colours) if colours is not None else DEFAULT_COLOURS,
             noise=background_noise,
         )
-        self.generators: list[SyntheticGenerator] = self.build_generators()
-        self._splits: dict[str, list[SyntheticSplit]] = {}
+        self.generators: list[SyntheticGenerator] = self.build_generators(self.scene)
+        self._splits: dict[str, list[SyntheticSplit | ObjectCurriculumSplit]] = {}
 
-    def build_generators(self) -> list[SyntheticGenerator]:
-        """The sets of this module (subclasses)."""
+    def build_generators(self, scene: SceneConfig) -> list[SyntheticGenerator]:
+        """The sets of this module for ``scene`` (subclasses)."""
         raise NotImplementedError
 
     # -- names and held-out sets ------------------------------------------------------------
@@ -194,13 +202,37 @@ class SyntheticDataModule(_SampleDataModule):
                 out[g.name]["pair_acc"] = g.pair_chance
         return out
 
-    def split(self, name: str) -> list[SyntheticSplit]:
+    def split(self, name: str) -> list[SyntheticSplit | ObjectCurriculumSplit]:
         """The ``train``/``val``/``test`` datasets of every set, in :attr:`eval_set_names` order."""
         if name not in self._splits:
-            self._splits[name] = [
-                SyntheticSplit(g, split=name, size=self.sizes[name], seed=self.seed) for g in self.generators
-            ]
+            if name == "train" and self.objects_warmup_steps:
+                self._splits[name] = self._curriculum_splits()
+            else:
+                self._splits[name] = [
+                    SyntheticSplit(g, split=name, size=self.sizes[name], seed=self.seed)
+                    for g in self.generators
+                ]
         return self._splits[name]
+
+    def _curriculum_splits(self) -> list[ObjectCurriculumSplit]:
+        by_objects = {
+            k: self.build_generators(self.scene.evolve(num_objects=k))
+            for k in range(1, self.scene.num_objects + 1)
+        }
+        by_objects[self.scene.num_objects] = self.generators
+        # The sets share each batch (MixedSplit), so each set sees batch_size / S items per step.
+        ramp = max(1, self.objects_warmup_steps * self.batch_size // len(self.generators))
+        return [
+            ObjectCurriculumSplit(
+                {
+                    k: SyntheticSplit(gens[j], split="train", size=self.sizes["train"], seed=self.seed)
+                    for k, gens in by_objects.items()
+                },
+                ramp=ramp,
+                seed=self.seed,
+            )
+            for j in range(len(self.generators))
+        ]
 
     def val_datasets(self) -> dict[str, SyntheticSplit]:
         return dict(zip(self.eval_set_names, self.split("val"), strict=True))
@@ -249,10 +281,10 @@ class MagnifierDataModule(SyntheticDataModule):
         self.num_options = num_options
         super().__init__(**kwargs)
 
-    def build_generators(self) -> list[SyntheticGenerator]:
+    def build_generators(self, scene: SceneConfig) -> list[SyntheticGenerator]:
         return [
             MagnifierGenerator(
-                self.scene,
+                scene,
                 categories=self.magnifier_categories,
                 num_options=self.num_options,
                 prompt_style=self.prompt_style,
@@ -272,10 +304,8 @@ class MMVPPairsDataModule(SyntheticDataModule):
         self.pair_categories = tuple(pair_categories or MMVP_CATEGORIES)
         super().__init__(**kwargs)
 
-    def build_generators(self) -> list[SyntheticGenerator]:
-        return [
-            MMVPPairsGenerator(self.scene, categories=self.pair_categories, prompt_style=self.prompt_style)
-        ]
+    def build_generators(self, scene: SceneConfig) -> list[SyntheticGenerator]:
+        return [MMVPPairsGenerator(scene, categories=self.pair_categories, prompt_style=self.prompt_style)]
 
 
 class SyntheticMixDataModule(SyntheticDataModule):
@@ -302,15 +332,15 @@ class SyntheticMixDataModule(SyntheticDataModule):
         self.pair_categories = tuple(pair_categories or MMVP_CATEGORIES)
         super().__init__(**kwargs)
 
-    def build_generators(self) -> list[SyntheticGenerator]:
+    def build_generators(self, scene: SceneConfig) -> list[SyntheticGenerator]:
         return [
             MagnifierGenerator(
-                self.scene,
+                scene,
                 categories=self.magnifier_categories,
                 num_options=self.num_options,
                 prompt_style=self.prompt_style,
             ),
-            MMVPPairsGenerator(self.scene, categories=self.pair_categories, prompt_style=self.prompt_style),
+            MMVPPairsGenerator(scene, categories=self.pair_categories, prompt_style=self.prompt_style),
         ]
 
 

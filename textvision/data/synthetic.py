@@ -10,14 +10,14 @@ render (PyTorch calls it instead of ``__getitem__`` per index when it exists).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch.utils.data import Dataset
 
 from textvision.data.sample import Sample
-from textvision.data.seeding import SPLITS
+from textvision.data.seeding import SPLITS, index_seed
 
-__all__ = ["SyntheticGenerator", "SyntheticSplit"]
+__all__ = ["ObjectCurriculumSplit", "SyntheticGenerator", "SyntheticSplit"]
 
 
 class SyntheticGenerator(ABC):
@@ -80,3 +80,72 @@ class SyntheticSplit(Dataset):
     def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}({self.name!r}, split={self.split!r}, size={self.size}, seed={self.seed})"
+
+
+class ObjectCurriculumSplit(Dataset):
+    """A training split whose scenes grow from one object to ``K``: a curriculum (Bengio et al.,
+    "Curriculum learning", ICML 2009).
+
+    Why: with ``K`` objects the answer needs the question to *pick* one object, and a model trained
+    from scratch must learn to see (colours, shapes) and to ground (the word ``triangle`` finds the
+    triangle's patch) at once; ``python -m textvision.bench.grounding_probe`` measures that the
+    second barely starts within the demo's budget. One-object scenes teach seeing with no
+    selection to learn; growing scenes then teach grounding on top.
+
+    Item ``i`` has ``objects(i)`` objects: the largest scene size grows linearly from 1 to ``K``
+    over the first ``ramp`` items; half of the items (by a seeded per-pair draw) use the largest
+    size so far, the others a uniform size up to it, so small scenes keep appearing after the
+    ramp. Sizes are drawn per *pair* ``i // 2``, so both images of an mmvp-pairs pair share their
+    scene. Like every synthetic split, item ``i`` is a pure function of ``(seed, i)``: resuming at
+    any index reproduces the stream.
+
+    Args:
+        splits: ``{objects: split}`` for every size ``1..K`` (the same set, split and seed).
+        ramp: items over which the largest size grows to ``K`` (``> 0``).
+        seed: seed of the size draws.
+    """
+
+    def __init__(self, splits: Mapping[int, SyntheticSplit], *, ramp: int, seed: int = 0):
+        sizes = sorted(splits)
+        if not sizes or sizes != list(range(1, sizes[-1] + 1)):
+            raise ValueError(f"need one split per scene size 1..K, got sizes {sizes}")
+        if ramp < 1:
+            raise ValueError(f"ramp must be positive, got {ramp}")
+        names = {s.name for s in splits.values()}
+        if len(names) != 1:
+            raise ValueError(f"curriculum splits must be one set, got {sorted(names)}")
+        self.splits = dict(splits)
+        self.max_objects = sizes[-1]
+        self.ramp = int(ramp)
+        self.seed = int(seed)
+
+    @property
+    def name(self) -> str:
+        return self.splits[self.max_objects].name
+
+    def __len__(self) -> int:
+        return len(self.splits[self.max_objects])
+
+    def objects(self, index: int) -> int:
+        """Objects per image of item ``index``."""
+        pair = int(index) // 2
+        largest = 1 + int((self.max_objects - 1) * min(1.0, 2 * pair / self.ramp))
+        draw = index_seed(self.seed, "train", pair, salt=f"{self.name}/objects") / 2.0**63
+        return largest if draw < 0.5 else 1 + int(2.0 * (draw - 0.5) * largest)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        sizes = [self.objects(i) for i in indices]
+        out: list[Sample | None] = [None] * len(sizes)
+        for size in sorted(set(sizes)):
+            positions = [p for p, s in enumerate(sizes) if s == size]
+            for p, sample in zip(
+                positions, self.splits[size].__getitems__([indices[p] for p in positions]), strict=True
+            ):
+                out[p] = sample
+        return out  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, objects 1..{self.max_objects}, ramp={self.ramp})"
