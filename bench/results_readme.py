@@ -77,16 +77,22 @@ _QUOTED = (
     ("data.md", "Synthetic data generation", "python -m textvision.bench.data --out results"),
     ("demo/metrics.md", "The CPU demo", "textvision demo"),
     (
+        "demo_curriculum/metrics.md",
+        "The CPU demo with the object curriculum",
+        "textvision demo --output_dir results/demo_curriculum --trainer.max_steps 1500 "
+        "--data.init_args.objects_warmup_steps 900",
+    ),
+    (
         "grounding_probe_cls_mean.md",
         "Grounding probe: CLS + mean readout (encoder only, no LM)",
         "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_cls_mean "
         "--readouts cls_mean --steps 600 --threads 1",
     ),
     (
-        "grounding_probe_text_query.md",
-        "Grounding probe: text-query readout (encoder only, no LM)",
-        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_text_query "
-        "--readouts text_query --steps 600 --threads 1",
+        "grounding_probe_no_curriculum.md",
+        "Grounding probe: 12-object scenes for 1,600 steps, no curriculum (control)",
+        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_no_curriculum "
+        "--categories colour --num-objects 12 --readouts cls_mean --steps 1600 --threads 1",
     ),
     (
         "grounding_probe_curriculum.md",
