@@ -83,6 +83,12 @@ _QUOTED = (
         "--data.init_args.objects_warmup_steps 900",
     ),
     (
+        "demo_minilm_decoder_curriculum/metrics.md",
+        "The CPU demo with a pretrained MiniLM decoder LM and the object curriculum",
+        "textvision demo --config results/demo_minilm_decoder_curriculum/config.yaml "
+        "--output_dir results/demo_minilm_decoder_curriculum",
+    ),
+    (
         "grounding_probe_cls_mean.md",
         "Grounding probe: CLS + mean readout (encoder only, no LM)",
         "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_cls_mean "
