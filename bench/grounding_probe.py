@@ -129,11 +129,11 @@ class ProbeSpec:
         to ``num_objects`` over ``curriculum_steps``; half the batches use the largest scene so
         far, the other half a uniform size up to it, so the easy scenes are never forgotten.
         """
+        from textvision.data.synthetic import curriculum_objects
+
         if not self.curriculum_steps:
             return self.num_objects
-        largest = 1 + (self.num_objects - 1) * min(1.0, step / self.curriculum_steps)
-        largest = int(largest)
-        return largest if draw < 0.5 else 1 + int(2 * (draw - 0.5) * largest)
+        return curriculum_objects(step / self.curriculum_steps, draw, self.num_objects)
 
 
 def _build(spec: ProbeSpec, depth: int):
@@ -155,11 +155,11 @@ def _build(spec: ProbeSpec, depth: int):
         scorer=scorer,
         freeze_backbone=False,
     )
+    sizes = range(1, spec.num_objects + 1) if spec.curriculum_steps else [spec.num_objects]
     generators = {
-        k: MagnifierGenerator(SceneConfig(num_objects=k), categories=(spec.category,))
-        for k in range(1, spec.num_objects + 1)
+        k: MagnifierGenerator(SceneConfig(num_objects=k), categories=(spec.category,)) for k in sizes
     }
-    vocabulary = [w for c in MAGNIFIER_CATEGORIES for w in generators[1].vocabulary(c)]
+    vocabulary = [w for c in MAGNIFIER_CATEGORIES for w in generators[spec.num_objects].vocabulary(c)]
     head = OptionClassifier(width=encoder.width, vocabulary=vocabulary, readout=spec.readout)
     return encoder, head, generators
 

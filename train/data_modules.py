@@ -32,7 +32,12 @@ from textvision.data.magnifier import MAGNIFIER_CATEGORIES, MagnifierGenerator
 from textvision.data.mmvp_pairs import MMVP_CATEGORIES, MMVPPairsGenerator
 from textvision.data.sample import Sample
 from textvision.data.scene import SceneConfig
-from textvision.data.synthetic import ObjectCurriculumSplit, SyntheticGenerator, SyntheticSplit
+from textvision.data.synthetic import (
+    ObjectCurriculumSplit,
+    SyntheticGenerator,
+    SyntheticSplit,
+    fetch_grouped,
+)
 
 __all__ = [
     "LlavaDataModule",
@@ -92,16 +97,7 @@ class MixedSplit(Dataset):
         return self.splits[which][local]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
-        located = [self._locate(i) for i in indices]
-        out: list[Sample | None] = [None] * len(located)
-        for which, split in enumerate(self.splits):
-            positions = [p for p, (w, _) in enumerate(located) if w == which]
-            if positions:
-                for p, sample in zip(
-                    positions, split.__getitems__([located[p][1] for p in positions]), strict=True
-                ):
-                    out[p] = sample
-        return out  # type: ignore[return-value]
+        return fetch_grouped([self._locate(i) for i in indices], dict(enumerate(self.splits)))
 
 
 class SyntheticDataModule(_SampleDataModule):

@@ -83,3 +83,22 @@ def test_data_module_curriculum_trains_small_scenes_and_evaluates_full_ones():
     assert int((cells > 0.1).sum()) == 1
     with pytest.raises(ValueError, match="objects_warmup_steps"):
         SyntheticMixDataModule(objects_warmup_steps=-1)
+
+
+def test_curriculum_objects_and_grouped_fetch():
+    from textvision.data.synthetic import curriculum_objects, fetch_grouped
+
+    assert [curriculum_objects(p, 0.0, 12) for p in (0.0, 0.5, 1.0, 3.0)] == [1, 6, 12, 12]
+    assert curriculum_objects(1.0, 0.5, 12) == 1 and curriculum_objects(1.0, 0.999, 12) == 12
+
+    class Recorder:
+        def __init__(self, tag):
+            self.tag, self.calls = tag, []
+
+        def __getitems__(self, indices):
+            self.calls.append(list(indices))
+            return [f"{self.tag}{i}" for i in indices]
+
+    splits = {"a": Recorder("a"), "b": Recorder("b")}
+    assert fetch_grouped([("b", 3), ("a", 1), ("b", 0), ("a", 7)], splits) == ["b3", "a1", "b0", "a7"]
+    assert splits["a"].calls == [[1, 7]] and splits["b"].calls == [[3, 0]]  # one batch per key

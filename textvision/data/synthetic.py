@@ -17,7 +17,36 @@ from torch.utils.data import Dataset
 from textvision.data.sample import Sample
 from textvision.data.seeding import SPLITS, index_seed
 
-__all__ = ["ObjectCurriculumSplit", "SyntheticGenerator", "SyntheticSplit"]
+__all__ = [
+    "ObjectCurriculumSplit",
+    "SyntheticGenerator",
+    "SyntheticSplit",
+    "curriculum_objects",
+    "fetch_grouped",
+]
+
+
+def fetch_grouped(located: Sequence[tuple[object, int]], splits: Mapping) -> list[Sample]:
+    """Items ``splits[key][index]`` for each ``(key, index)`` of ``located``, in that order, with
+    one batched ``__getitems__`` call per distinct key (so each group renders in one batch)."""
+    out: list[Sample | None] = [None] * len(located)
+    for key in dict.fromkeys(k for k, _ in located):
+        positions = [p for p, (k, _) in enumerate(located) if k == key]
+        samples = splits[key].__getitems__([located[p][1] for p in positions])
+        for p, sample in zip(positions, samples, strict=True):
+            out[p] = sample
+    return out  # type: ignore[return-value]
+
+
+def curriculum_objects(progress: float, draw: float, max_objects: int) -> int:
+    """Scene size of one item of an object curriculum.
+
+    The largest size grows linearly from 1 to ``max_objects`` as ``progress`` goes from 0 to 1
+    (clipped above); ``draw`` (uniform in [0, 1)) picks the largest size so far when below 0.5, else
+    a uniform size up to it, so small scenes keep appearing after the ramp.
+    """
+    largest = 1 + int((max_objects - 1) * min(1.0, progress))
+    return largest if draw < 0.5 else 1 + int(2.0 * (draw - 0.5) * largest)
 
 
 class SyntheticGenerator(ABC):
@@ -129,23 +158,14 @@ class ObjectCurriculumSplit(Dataset):
     def objects(self, index: int) -> int:
         """Objects per image of item ``index``."""
         pair = int(index) // 2
-        largest = 1 + int((self.max_objects - 1) * min(1.0, 2 * pair / self.ramp))
         draw = index_seed(self.seed, "train", pair, salt=f"{self.name}/objects") / 2.0**63
-        return largest if draw < 0.5 else 1 + int(2.0 * (draw - 0.5) * largest)
+        return curriculum_objects(2 * pair / self.ramp, draw, self.max_objects)
 
     def __getitem__(self, index: int) -> Sample:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
-        sizes = [self.objects(i) for i in indices]
-        out: list[Sample | None] = [None] * len(sizes)
-        for size in sorted(set(sizes)):
-            positions = [p for p, s in enumerate(sizes) if s == size]
-            for p, sample in zip(
-                positions, self.splits[size].__getitems__([indices[p] for p in positions]), strict=True
-            ):
-                out[p] = sample
-        return out  # type: ignore[return-value]
+        return fetch_grouped([(self.objects(i), i) for i in indices], self.splits)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, objects 1..{self.max_objects}, ramp={self.ramp})"
