@@ -37,7 +37,6 @@ timed (ms/image, CPU, text features precomputed). Writes ``ablation.json``, ``ab
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from textvision.bench.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
+    write_result,
 )
 
 __all__ = [
@@ -238,15 +238,14 @@ def ablation_markdown(result: dict[str, Any]) -> str:
 
 
 def write_ablation(result: dict[str, Any], out: Path) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "ablation.md").write_text(
-        "# Fusion ablation (synthetic sets, CPU)\n\n" + ablation_markdown(result) + "\n"
+    write_result(
+        result,
+        out,
+        "ablation",
+        title="Fusion ablation (synthetic sets, CPU)",
+        markdown=ablation_markdown(result),
+        plot=plot_ablation,
     )
-    plot_ablation(result, out / "ablation.png")
-    print(ablation_markdown(result))
-    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation.png'}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ Writes ``ablation_budget_sweep.json``, ``.md`` and ``.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from textvision.bench.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
+    write_result,
 )
 
 __all__ = ["DEFAULT_BUDGETS", "gap_analysis", "main", "run_budget_sweep", "sweep_markdown"]
@@ -211,15 +211,14 @@ def _train_seconds(run: dict[str, Any]) -> str:
 
 
 def write_budget_sweep(result: dict[str, Any], out: Path) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation_budget_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "ablation_budget_sweep.md").write_text(
-        "# Visual-token budget sweep (synthetic sets, CPU)\n\n" + sweep_markdown(result) + "\n"
+    write_result(
+        result,
+        out,
+        "ablation_budget_sweep",
+        title="Visual-token budget sweep (synthetic sets, CPU)",
+        markdown=sweep_markdown(result),
+        plot=plot_budget_sweep,
     )
-    plot_budget_sweep(result, out / "ablation_budget_sweep.png")
-    print(sweep_markdown(result))
-    print(f"wrote {out / 'ablation_budget_sweep.json'}, .md and .png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -41,6 +41,13 @@ def _chance(runs: Sequence[Mapping[str, Any]], set_name: str, metric: str) -> fl
     return None
 
 
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_ablation(result: Mapping[str, Any], path: str | Path) -> Path:
     """Grouped bars: one group per metric, one bar per variant, chance as a dashed line."""
     runs = result["runs"]
@@ -71,10 +78,7 @@ def plot_ablation(result: Mapping[str, Any], path: str | Path) -> Path:
     )
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_budget_sweep(result: Mapping[str, Any], path: str | Path) -> Path:
@@ -101,10 +105,7 @@ def plot_budget_sweep(result: Mapping[str, Any], path: str | Path) -> Path:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Visual-token budget sweep (trained at each budget, {result['settings']['steps']} steps)")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_pruning_curve(result: Mapping[str, Any], path: str | Path) -> Path:
@@ -140,10 +141,7 @@ def plot_pruning_curve(result: Mapping[str, Any], path: str | Path) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"Pruning curve ({result['mode_title']})", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 _FIGURES = {

@@ -25,7 +25,6 @@ precomputed). Writes ``pruning_curve.json``, ``.md`` and ``.png`` into ``--out``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from textvision.bench.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
+    write_result,
 )
 
 __all__ = ["DEFAULT_RATIOS", "SCORER_FAMILIES", "curve_markdown", "main", "run_pruning_curve"]
@@ -162,15 +162,14 @@ def curve_markdown(result: dict[str, Any]) -> str:
 
 
 def write_pruning_curve(result: dict[str, Any], out: Path) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pruning_curve.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "pruning_curve.md").write_text(
-        "# Pruning curve (synthetic sets, CPU)\n\n" + curve_markdown(result) + "\n"
+    write_result(
+        result,
+        out,
+        "pruning_curve",
+        title="Pruning curve (synthetic sets, CPU)",
+        markdown=curve_markdown(result),
+        plot=plot_pruning_curve,
     )
-    plot_pruning_curve(result, out / "pruning_curve.png")
-    print(curve_markdown(result))
-    print(f"wrote {out / 'pruning_curve.json'}, .md and .png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

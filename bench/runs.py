@@ -64,6 +64,7 @@ __all__ = [
     "time_encoder",
     "time_trained",
     "train_and_evaluate",
+    "write_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -691,3 +692,18 @@ def settings_from_args(args) -> BenchSettings:
         force=args.force,
         variant_configs=None if str(args.variant_configs).lower() == "none" else args.variant_configs,
     )
+
+
+def write_result(
+    result: Mapping[str, Any], out: str | Path, stem: str, *, title: str, markdown: str, plot
+) -> Path:
+    """Write ``<stem>.json``, ``<stem>.md`` (``# title`` + ``markdown``) and ``<stem>.png``
+    (``plot(result, path)``) into ``out``; print the table and the paths. Returns the folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(f"# {title}\n\n{markdown}\n")
+    plot(result, out / f"{stem}.png")
+    print(markdown)
+    print(f"wrote {out / stem}.json, .md and .png")
+    return out

@@ -252,3 +252,23 @@ def test_image_dependence_separates_models_that_read_the_image():
     assert seen["items"] == 4 and seen["loss"] == pytest.approx(0.0)
     # rolled by one: items 0..3 see images 3, 0, 1, 2 -> squared errors 9, 1, 1, 1
     assert seen["loss_shuffled_images"] == pytest.approx(3.0) and seen["delta"] == pytest.approx(3.0)
+
+
+def test_write_result_writes_json_markdown_and_plot(tmp_path, capsys):
+    import json
+
+    from textvision.bench.runs import write_result
+
+    drawn = []
+    out = write_result(
+        {"a": 1},
+        tmp_path / "r",
+        "thing",
+        title="A title",
+        markdown="| x |",
+        plot=lambda r, p: drawn.append((r, p)),
+    )
+    assert json.loads((out / "thing.json").read_text()) == {"a": 1}
+    assert (out / "thing.md").read_text() == "# A title\n\n| x |\n"
+    assert drawn == [({"a": 1}, out / "thing.png")]
+    assert "| x |" in capsys.readouterr().out
