@@ -73,6 +73,14 @@ class TextVisionModule(LightningModule):
         beta1, beta2, eps: AdamW.
         warmup_ratio: fraction of the total optimizer steps spent in linear warmup.
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        delay_steps: group name → optimizer steps during which that group's learning rate is 0; it
+            then warms up linearly (over the same number of steps as ``warmup_ratio`` gives, at
+            least one) and joins the shared cosine. Use it to hold a from-scratch encoder still
+            until the LM has learned to read its features: trained jointly from step 0 at the LM's
+            rate, the encoder's features drift faster than the LM learns to read them (measured on
+            the demo, see the README), the problem a separate alignment stage solves in LLaVA; this
+            keeps the run single-stage. (Lightning's ``BackboneFinetuning`` callback does the same
+            per epoch; the synthetic data has no epochs.)
         eval_generate: also generate greedy answers in validation/test and report exact-match.
         max_new_tokens: generation length for ``eval_generate`` and ``predict``.
     """
@@ -94,6 +102,7 @@ class TextVisionModule(LightningModule):
         eps: float = 1e-8,
         warmup_ratio: float = 0.03,
         min_lr_ratio: float = 0.0,
+        delay_steps: dict[str, int] | None = None,
         eval_generate: bool = False,
         max_new_tokens: int = 16,
     ) -> None:
@@ -114,6 +123,10 @@ class TextVisionModule(LightningModule):
             "text_encoder": lr_text_encoder,
             "language_model": lr_language_model,
         }
+        self.delay_steps = dict(delay_steps or {})
+        bad = {k: v for k, v in self.delay_steps.items() if int(v) < 0}
+        if bad:
+            raise ValueError(f"delay_steps must be >= 0, got {bad}")
         # Checkpoints leave out frozen pretrained weights, so loading is non-strict; on_load_checkpoint
         # checks that exactly those (and nothing else) are missing.
         self.strict_loading = False
@@ -242,6 +255,12 @@ class TextVisionModule(LightningModule):
                     )
         if not param_groups:
             raise ValueError("nothing to train: every parameter group is frozen")
+        names = {g["name"].split("/")[0] for g in param_groups}
+        unknown = sorted(set(self.delay_steps) - names)
+        if unknown:
+            raise ValueError(
+                f"delay_steps names unknown or frozen groups {unknown}; trainable groups are {sorted(names)}"
+            )
         optimizer = torch.optim.AdamW(param_groups, betas=(hp.beta1, hp.beta2), eps=hp.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(hp.warmup_ratio * total)
@@ -253,7 +272,23 @@ class TextVisionModule(LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        def delayed(delay: int):
+            ramp = max(1, warmup)
+
+            def factor(step: int) -> float:
+                if step < delay:
+                    return 0.0
+                return min(warmup_cosine(step), (step - delay + 1) / (ramp + 1))
+
+            return factor
+
+        lambdas = [
+            delayed(int(self.delay_steps[g["name"].split("/")[0]]))
+            if self.delay_steps.get(g["name"].split("/")[0])
+            else warmup_cosine
+            for g in param_groups
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

@@ -101,6 +101,51 @@ def test_optimizer_groups_get_their_learning_rates():
     )
 
 
+def test_delayed_groups_hold_still_then_warm_up_and_join_the_cosine():
+    module = TextVisionModule(
+        tiny_vlm(), lr=1e-3, warmup_ratio=0.1, min_lr_ratio=0.0, delay_steps={"backbone": 30, "fusion": 0}
+    )
+    module.trainer = Trainer(accelerator="cpu", max_steps=100, logger=False, enable_checkpointing=False)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    names = [g["name"] for g in optimizer.param_groups]
+    trace = {name: [] for name in names}
+    for _ in range(100):
+        for name, group in zip(names, optimizer.param_groups, strict=True):
+            trace[name].append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    backbone, projector, fusion = trace["backbone"], trace["projector"], trace["fusion"]
+    assert all(lr == 0.0 for lr in backbone[:30]) and backbone[30] > 0.0
+    # after the delay: a linear ramp over the warmup length (10 steps), then the shared cosine
+    ramp = [min(1e-3 * (k + 1) / 11, projector[30 + k]) for k in range(15)]
+    assert backbone[30:45] == pytest.approx(ramp)
+    assert backbone[50:] == pytest.approx(projector[50:])
+    assert fusion == pytest.approx(projector)  # a zero delay changes nothing
+    assert projector[0] > 0.0 and max(projector) == pytest.approx(1e-3, rel=0.1)
+    # the held group really does not move while its rate is 0 (AdamW's decay is scaled by it too)
+    module = TextVisionModule(tiny_vlm(), lr=1e-2, weight_decay=0.1, delay_steps={"backbone": 5})
+    module.trainer = Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = module.vlm.parameter_groups()
+    before = {name: [p.detach().clone() for p in groups[name]] for name in ("backbone", "projector")}
+    for params in groups.values():
+        for p in params:
+            p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before["backbone"], groups["backbone"], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(before["projector"], groups["projector"], strict=True))
+
+
+def test_delayed_groups_must_be_trainable_groups():
+    module = TextVisionModule(tiny_vlm(freeze=["backbone"]), delay_steps={"backbone": 5})
+    module.trainer = Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"delay_steps names unknown or frozen groups \['backbone'\]"):
+        module.configure_optimizers()
+    with pytest.raises(ValueError, match="delay_steps must be >= 0"):
+        TextVisionModule(tiny_vlm(), delay_steps={"fusion": -1})
+
+
 def test_evaluation_metrics_hand_computed():
     correct = torch.tensor([True, True, True, False, False, True, True])
     n_opts = torch.tensor([2, 2, 4, 4, 2, 2, 3])
