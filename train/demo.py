@@ -2,7 +2,10 @@
 
 1. fit ``configs/demo.yaml`` (real MiniLM text encoder, small ViT from scratch, small LM from a
    config, the synthetic magnifier + mmvp-pairs sets) through :class:`TextVisionCLI`;
-2. test the final weights on the fixed held-out test splits of both sets (option scoring);
+2. test the final weights on the fixed held-out test splits of both sets (option scoring), and
+   again on held-out scenes with fewer objects (``--object-counts``, default 1 and 4): the
+   12-object sets say whether the model grounds the question, the easier ones say what it has
+   learned short of that (reading one object, picking one of a few);
 3. write ``metrics.json`` (accuracy, pair accuracy, chance levels, token budget, wall time, peak
    memory), ``metrics.md`` (a markdown table) and relevance/pruning PNGs for a few test examples
    with the model's answer into ``--output_dir``.
@@ -24,7 +27,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["default_config", "main", "metrics_table", "run_demo"]
+__all__ = [
+    "default_config",
+    "evaluate_with_fewer_objects",
+    "main",
+    "metrics_table",
+    "objects_table",
+    "run_demo",
+]
 
 
 def default_config() -> Path:
@@ -45,22 +55,72 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
 def metrics_table(results: dict[str, dict[str, float]]) -> str:
     """Markdown table of held-out results: accuracy and pair accuracy next to their chance."""
-
-    def pct(value: float | None) -> str:
-        return "–" if value is None else f"{100 * value:.1f}%"
-
     lines = [
         "| set | items | accuracy | chance | pair accuracy | pair chance |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in results.items():
         lines.append(
-            f"| {name} | {m.get('n', 0)} | {pct(m.get('acc'))} | {pct(m.get('chance_acc'))} | "
-            f"{pct(m.get('pair_acc'))} | {pct(m.get('chance_pair_acc'))} |"
+            f"| {name} | {m.get('n', 0)} | {_pct(m.get('acc'))} | {_pct(m.get('chance_acc'))} | "
+            f"{_pct(m.get('pair_acc'))} | {_pct(m.get('chance_pair_acc'))} |"
         )
     return "\n".join(lines)
+
+
+def objects_table(by_objects: dict[int, dict[str, dict[str, float]]]) -> str:
+    """Markdown table of accuracy per number of objects per image (rows), one column per set."""
+    sets = sorted({name for results in by_objects.values() for name in results})
+    header = ["objects per image"]
+    for name in sets:
+        header.append(f"{name} acc (chance)")
+        if any("pair_acc" in r.get(name, {}) for r in by_objects.values()):
+            header.append(f"{name} pair acc (chance)")
+    lines = ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+    for k in sorted(by_objects):
+        cells = [str(k)]
+        for name in sets:
+            m = by_objects[k].get(name, {})
+            cells.append(f"{_pct(m.get('acc'))} ({_pct(m.get('chance_acc'))})")
+            if f"{name} pair acc (chance)" in header:
+                cells.append(f"{_pct(m.get('pair_acc'))} ({_pct(m.get('chance_pair_acc'))})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_with_fewer_objects(
+    trainer, module, datamodule, counts: list[int]
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Test ``module`` on held-out scenes with each of ``counts`` objects per image.
+
+    Builds a copy of the synthetic ``datamodule`` (same class, seed, sizes, vocabulary) with
+    ``num_objects=k`` and runs ``trainer.test`` on it. Counts above the trained scenes' count are an
+    error (the scene grid is sized for it); non-synthetic data modules have no object count.
+    """
+    from textvision.train.data_modules import SyntheticDataModule
+
+    if not counts:
+        return {}
+    if not isinstance(datamodule, SyntheticDataModule):
+        raise TypeError(f"--object-counts needs a synthetic data module, got {type(datamodule).__name__}")
+    trained = datamodule.scene.num_objects
+    bad = [k for k in counts if not 1 <= int(k) <= trained]
+    if bad:
+        raise ValueError(f"object counts {bad} outside 1..{trained} (the trained scenes' count)")
+    out = {}
+    for k in sorted({int(k) for k in counts}):
+        # LightningCLI adds bookkeeping keys (`_class_path`, ...) to the saved init arguments.
+        args = {name: v for name, v in datamodule.hparams.items() if not name.startswith("_")}
+        args.update(num_objects=k, objects_warmup_steps=0)
+        easier = type(datamodule)(**args)
+        trainer.test(module, datamodule=easier, verbose=False)
+        out[k] = module.eval_results["test"]
+    return out
 
 
 @torch.no_grad()
@@ -97,7 +157,12 @@ def draw_examples(module, datamodule, out_dir: Path, *, per_set: int = 2) -> lis
 
 
 def run_demo(
-    config: str | Path, output_dir: str | Path, *, cli_args: list[str] | None = None, examples: int = 2
+    config: str | Path,
+    output_dir: str | Path,
+    *,
+    cli_args: list[str] | None = None,
+    examples: int = 2,
+    object_counts: list[int] | None = None,
 ) -> dict[str, Any]:
     """Fit, test, and write the demo's JSON, markdown and PNGs; returns the metrics dict."""
     from textvision.train.cli import TextVisionCLI
@@ -116,6 +181,9 @@ def run_demo(
     tested = time.perf_counter()
     results = cli.model.eval_results["test"]
     pictures = draw_examples(cli.model, cli.datamodule, output_dir, per_set=examples) if examples else []
+    by_objects = evaluate_with_fewer_objects(cli.trainer, cli.model, cli.datamodule, object_counts or [])
+    if by_objects:
+        by_objects[cli.datamodule.scene.num_objects] = results
     encoder = cli.model.vlm.encoder
     metrics = {
         "config": str(config),
@@ -135,6 +203,7 @@ def run_demo(
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "pictures": pictures,
+        "test_by_objects": {str(k): v for k, v in by_objects.items()},
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     table = metrics_table(results)
@@ -145,8 +214,18 @@ def run_demo(
         f"{metrics['visual_tokens_to_lm']} visual tokens reach the LM; "
         f"fit {metrics['seconds']['fit']} s, test {metrics['seconds']['test']} s, "
         f"peak RSS {metrics['peak_rss_mb']} MB ({metrics['torch_threads']} torch threads).\n"
+        + (
+            "\n## Held-out scenes with fewer objects (same model)\n\n"
+            "The model was trained for the full object count; these test sets are easier versions "
+            "(fewer objects per image, same questions) that show what it learned short of grounding "
+            f"among all of them.\n\n{objects_table(by_objects)}\n"
+            if by_objects
+            else ""
+        )
     )
     print(table)
+    if by_objects:
+        print(objects_table(by_objects))
     print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'metrics.md'} and {len(pictures)} pictures")
     return metrics
 
@@ -160,8 +239,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", default=None, help="LightningCLI YAML (default: configs/demo.yaml)")
     parser.add_argument("--output_dir", default="results/demo", help="where metrics and pictures go")
     parser.add_argument("--examples", type=int, default=2, help="pictures per evaluation set")
+    parser.add_argument(
+        "--object-counts",
+        type=int,
+        nargs="*",
+        default=[1, 4],
+        help="also test on held-out scenes with these fewer objects per image (none to skip)",
+    )
     args, cli_args = parser.parse_known_args(argv)
     config = Path(args.config) if args.config else default_config()
     if not config.is_file():
         raise FileNotFoundError(f"demo config {config} not found")
-    return run_demo(config, args.output_dir, cli_args=cli_args, examples=args.examples)
+    return run_demo(
+        config, args.output_dir, cli_args=cli_args, examples=args.examples, object_counts=args.object_counts
+    )

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from textvision.train.cli import cli_main
-from textvision.train.demo import metrics_table
+from textvision.train.demo import evaluate_with_fewer_objects, metrics_table, objects_table
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -36,7 +37,18 @@ def shrunken_demo(tmp_path: Path) -> Path:
 def test_demo_writes_metrics_table_and_pictures(tmp_path):
     out = tmp_path / "results"
     metrics = cli_main(
-        ["demo", "--config", str(shrunken_demo(tmp_path)), "--output_dir", str(out), "--examples", "1"]
+        [
+            "demo",
+            "--config",
+            str(shrunken_demo(tmp_path)),
+            "--output_dir",
+            str(out),
+            "--examples",
+            "1",
+            "--object-counts",
+            "1",
+            "3",
+        ]
     )
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["steps"] == metrics["steps"] == 3
@@ -49,6 +61,12 @@ def test_demo_writes_metrics_table_and_pictures(tmp_path):
     assert saved["peak_rss_mb"] > 0 and saved["seconds"]["fit"] > 0
     table = (out / "metrics.md").read_text()
     assert "| magnifier | 8 |" in table and "| mmvp_pairs | 8 |" in table
+    # the same model, tested again on easier held-out scenes (1 and 3 objects) + the trained 12
+    by_objects = saved["test_by_objects"]
+    assert list(by_objects) == ["1", "3", "12"]
+    assert by_objects["12"] == saved["test"]
+    assert all(r["magnifier"]["n"] == 8 and r["mmvp_pairs"]["n"] == 8 for r in by_objects.values())
+    assert "| 1 |" in table and "| 3 |" in table and "| 12 |" in table
     pictures = sorted(out.glob("*.png"))
     assert [p.name for p in pictures] == ["magnifier_0.png", "mmvp_pairs_0.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
@@ -77,6 +95,55 @@ def test_demo_writes_metrics_table_and_pictures(tmp_path):
         ]
     )
     assert report is not None and list((tmp_path / "eval").glob("*.json"))
+
+
+def test_fewer_objects_checks_counts_and_data(tmp_path):
+    from textvision.train.data_modules import LlavaDataModule, SyntheticMixDataModule
+
+    dm = SyntheticMixDataModule(batch_size=4, val_size=4, test_size=4, num_objects=6)
+    assert evaluate_with_fewer_objects(None, None, dm, []) == {}
+
+    class RecordingTrainer:  # stands in for Trainer.test: records the data module it is given
+        def __init__(self):
+            self.seen = []
+
+        def test(self, module, datamodule, verbose):
+            self.seen.append(datamodule)
+            module.eval_results = {"test": {"objects": datamodule.scene.num_objects}}
+
+    class Module:
+        def __init__(self):
+            self.eval_results = {}
+
+    curriculum = SyntheticMixDataModule(
+        batch_size=4,
+        val_size=4,
+        test_size=4,
+        num_objects=6,
+        objects_warmup_steps=5,
+        magnifier_categories=["colour"],
+    )
+    trainer = RecordingTrainer()
+    out = evaluate_with_fewer_objects(trainer, Module(), curriculum, [3, 1, 3])
+    assert out == {1: {"objects": 1}, 3: {"objects": 3}}
+    easier = trainer.seen[0]
+    assert type(easier) is SyntheticMixDataModule and easier.objects_warmup_steps == 0
+    assert easier.magnifier_categories == ("colour",) and easier.sizes == curriculum.sizes
+    with pytest.raises(ValueError, match=r"object counts \[0, 7\] outside 1..6"):
+        evaluate_with_fewer_objects(None, None, dm, [0, 2, 7])
+    with pytest.raises(TypeError, match="synthetic data module"):
+        evaluate_with_fewer_objects(None, None, LlavaDataModule(str(tmp_path / "x.json"), str(tmp_path)), [1])
+
+
+def test_objects_table_rows_per_count():
+    rows = {
+        1: {"s": {"acc": 0.9, "chance_acc": 0.5, "pair_acc": 0.8, "chance_pair_acc": 0.25}},
+        12: {"s": {"acc": 0.5, "chance_acc": 0.5, "pair_acc": 0.0, "chance_pair_acc": 0.25}},
+    }
+    lines = objects_table(rows).splitlines()
+    assert lines[0] == "| objects per image | s acc (chance) | s pair acc (chance) |"
+    assert lines[2] == "| 1 | 90.0% (50.0%) | 80.0% (25.0%) |"
+    assert lines[3] == "| 12 | 50.0% (50.0%) | 0.0% (25.0%) |"
 
 
 def test_metrics_table_formats_missing_pairs():
