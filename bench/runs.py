@@ -227,7 +227,9 @@ def derive_config(
 
     Only the encoder's ``fusion``/``scorer``/``keep_tokens``/``keep_ratio``/``prune_at``, the
     trainer's length, logging and callbacks, and the data's ``seed``/``test_size``/``batch_size``
-    change; everything else (model sizes, learning rates, data geometry) is the base's.
+    change; everything else (model sizes, learning rates, data geometry) is the base's. An object
+    curriculum (``data.init_args.objects_warmup_steps``) keeps its *fraction* of the base run's
+    ``max_steps``, so a shorter bench run still ends on full-size scenes.
     """
     config = copy.deepcopy(dict(base))
     if spec.overlay is not None:
@@ -241,6 +243,7 @@ def derive_config(
         raise ValueError(f"{source}: the encoder has no prune_at, so a token budget cannot be set")
     encoder.update(spec.encoder_overrides())
     trainer = config.setdefault("trainer", {})
+    base_steps = int(trainer.get("max_steps") or 0)
     run_dir = Path(run_dir)
     trainer.update(
         max_steps=int(settings.steps),
@@ -266,6 +269,9 @@ def derive_config(
     )
     if settings.batch_size is not None:
         data["batch_size"] = int(settings.batch_size)
+    warmup = int(data.get("objects_warmup_steps") or 0)
+    if warmup and base_steps > 0:
+        data["objects_warmup_steps"] = max(1, round(warmup * int(settings.steps) / base_steps))
     return config
 
 

@@ -91,6 +91,20 @@ def test_derive_config_changes_only_what_the_experiment_varies(base, tmp_path):
     assert _encoder(base)["fusion"] == "gated_xattn", "the base config must not be modified"
 
 
+def test_derive_config_keeps_the_object_curriculum_fraction(base, tmp_path):
+    base = dict(base)
+    base["trainer"] = {**base.get("trainer", {}), "max_steps": 2200}
+    base["data"] = {**base["data"], "init_args": {**base["data"]["init_args"], "objects_warmup_steps": 1300}}
+    spec = RunSpec("none", "cls_attention", keep_tokens=3)
+    derived = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=700), run_dir=tmp_path)
+    assert derived["data"]["init_args"]["objects_warmup_steps"] == round(1300 * 700 / 2200)  # 414
+    same = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=2200), run_dir=tmp_path)
+    assert same["data"]["init_args"]["objects_warmup_steps"] == 1300
+    tiny = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=1), run_dir=tmp_path)
+    assert tiny["data"]["init_args"]["objects_warmup_steps"] == 1  # never 0 (0 turns it off)
+    assert base["data"]["init_args"]["objects_warmup_steps"] == 1300, "the base must not change"
+
+
 def test_derive_config_errors_name_the_problem(base, tmp_path):
     settings = BenchSettings(base_config=SMOKE)
     broken = copy.deepcopy(base)
