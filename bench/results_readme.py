@@ -75,12 +75,44 @@ _QUOTED = (
         "python -m textvision.bench.train_step --out results",
     ),
     ("data.md", "Synthetic data generation", "python -m textvision.bench.data --out results"),
-    ("demo/metrics.md", "The CPU demo", "textvision demo"),
+    ("demo/metrics.md", "The CPU demo (colour questions)", "textvision demo"),
+    (
+        "demo_all_categories/metrics.md",
+        "The CPU demo recipe with every question category",
+        "textvision demo --output_dir results/demo_all_categories "
+        "--data.init_args.magnifier_categories [colour,shape,position] "
+        "--data.init_args.pair_categories [colour,orientation,position,presence]"
+        " (recorded as results/demo at commit 1411411)",
+    ),
     (
         "demo_curriculum/metrics.md",
         "The CPU demo with the object curriculum",
         "textvision demo --output_dir results/demo_curriculum --trainer.max_steps 1500 "
-        "--data.init_args.objects_warmup_steps 900",
+        "--data.init_args.objects_warmup_steps 900 (configs/demo.yaml of commit 80ebe16: encoder "
+        "groups at the LM's learning rate)",
+    ),
+    (
+        "demo_long/metrics.md",
+        "The CPU demo recipe with every question category, 6,000 steps",
+        "textvision demo --output_dir results/demo_long --trainer.max_steps 6000 "
+        "--trainer.val_check_interval 1000 --data.init_args.objects_warmup_steps 3500 "
+        "--data.init_args.magnifier_categories [colour,shape,position] "
+        "--data.init_args.pair_categories [colour,orientation,position,presence]",
+    ),
+    (
+        "one_object_colour_encoder_lr_1e-4/metrics.md",
+        "One-object colour questions, encoder groups at 1e-4 (the demo's rates)",
+        "textvision demo --output_dir results/one_object_colour_encoder_lr_1e-4 --trainer.max_steps 300 "
+        "--trainer.val_check_interval 300 --data.init_args.num_objects 1 "
+        "--data.init_args.objects_warmup_steps 0 --data.init_args.magnifier_categories [colour] "
+        "--data.init_args.pair_categories [colour] --object-counts (the two category flags are now "
+        "demo.yaml's defaults)",
+    ),
+    (
+        "one_object_colour_encoder_lr_1e-3/metrics.md",
+        "One-object colour questions, encoder groups at the old rates (1e-3, fusion 2e-3)",
+        "the command above with --output_dir results/one_object_colour_encoder_lr_1e-3 "
+        "--model.lr_backbone 1e-3 --model.lr_fusion 2e-3 --model.lr_text_adapter 2e-3",
     ),
     (
         "demo_minilm_decoder_curriculum/metrics.md",
