@@ -1,7 +1,7 @@
 """Fusion ablation under a visual-token budget: does reading the instruction in the ViT pay off?
 
-    python -m textvision.bench.ablation --out results           # default size (CPU, ~30 min idle)
-    python -m textvision.bench.ablation --steps 2000 --test-size 1024   # larger
+    python -m textvision.bench.ablation --out results    # the demo's 2,200 steps per run (~25 min idle CPU)
+    python -m textvision.bench.ablation --steps 4000 --test-size 1024   # larger
 
 Variants (every other setting is ``configs/demo.yaml``'s: same ViT, LM, data, seed, steps, batch):
 

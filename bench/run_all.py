@@ -1,8 +1,8 @@
 """One command for every research result: cost model, fusion ablation, budget sweep, pruning curve,
 and the README "Results" section built from them.
 
-    python -m textvision.bench.run_all --out results                  # default sizes, CPU
-    python -m textvision.bench.run_all --out results --steps 1000     # larger
+    python -m textvision.bench.run_all --out results                  # default sizes, CPU (~1 h)
+    python -m textvision.bench.run_all --out results --steps 4000     # larger
 
 The three training experiments share their runs (``bench/runs.py`` caches each trained model by
 its derived config): the budget sweep reuses the ablation's ``gated_xattn`` and ``none`` runs at

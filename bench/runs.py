@@ -50,6 +50,7 @@ __all__ = [
     "StepTimer",
     "above_chance",
     "add_common_arguments",
+    "base_max_steps",
     "config_hash",
     "count_parameters",
     "derive_config",
@@ -651,7 +652,13 @@ def add_common_arguments(parser) -> None:
     parser.add_argument(
         "--base-config", type=Path, default=defaults.base_config, help="LightningCLI YAML to derive runs from"
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per run")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps per run (default: the base config's trainer.max_steps, so a bench run "
+        "trains as long as the demo it derives from)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="training batch (default: the base config's)"
     )
@@ -679,15 +686,29 @@ def add_common_arguments(parser) -> None:
     )
 
 
+def base_max_steps(config_path: str | Path) -> int:
+    """``trainer.max_steps`` of a LightningCLI YAML (the bench's default run length)."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"base config {path} not found")
+    steps = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("max_steps")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"{path}: trainer.max_steps must be a positive integer to default --steps, got {steps!r}"
+        )
+    return steps
+
+
 def settings_from_args(args) -> BenchSettings:
     """The :class:`BenchSettings` of parsed flags; applies ``--threads`` to torch."""
     if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    steps = args.steps if args.steps is not None else base_max_steps(args.base_config)
     return BenchSettings(
         base_config=args.base_config,
-        steps=args.steps,
+        steps=steps,
         batch_size=args.batch_size,
         seed=args.seed,
         test_size=args.test_size,

@@ -14,11 +14,14 @@ from torch import nn
 from textvision.bench.runs import (
     BenchSettings,
     RunSpec,
+    add_common_arguments,
+    base_max_steps,
     config_hash,
     count_parameters,
     derive_config,
     merge_configs,
     pct,
+    settings_from_args,
     time_encoder,
 )
 
@@ -286,3 +289,20 @@ def test_write_result_writes_json_markdown_and_plot(tmp_path, capsys):
     assert (out / "thing.md").read_text() == "# A title\n\n| x |\n"
     assert drawn == [({"a": 1}, out / "thing.png")]
     assert "| x |" in capsys.readouterr().out
+
+
+def test_steps_default_to_the_base_configs_max_steps(tmp_path):
+    import argparse
+
+    demo = REPO / "configs" / "demo.yaml"
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--base-config", str(demo)]))
+    assert settings.steps == yaml.safe_load(demo.read_text())["trainer"]["max_steps"] == base_max_steps(demo)
+    assert settings_from_args(parser.parse_args(["--base-config", str(demo), "--steps", "5"])).steps == 5
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer: {max_steps: -1}\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: trainer\.max_steps must be a positive integer"):
+        base_max_steps(broken)
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        base_max_steps(tmp_path / "missing.yaml")
