@@ -244,6 +244,7 @@ class TextVisionModule(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         param_groups = []
+        group_of = []  # the VLM group each optimizer group belongs to (decay and no-decay halves)
         for name, params in self.vlm.parameter_groups().items():
             lr = hp.lr if self.group_lr.get(name) is None else self.group_lr[name]
             decay = [p for p in params if p.ndim >= 2]
@@ -253,9 +254,10 @@ class TextVisionModule(LightningModule):
                     param_groups.append(
                         {"params": group_params, "lr": lr, "weight_decay": wd, "name": name + suffix}
                     )
+                    group_of.append(name)
         if not param_groups:
             raise ValueError("nothing to train: every parameter group is frozen")
-        names = {g["name"].split("/")[0] for g in param_groups}
+        names = set(group_of)
         unknown = sorted(set(self.delay_steps) - names)
         if unknown:
             raise ValueError(
@@ -283,10 +285,8 @@ class TextVisionModule(LightningModule):
             return factor
 
         lambdas = [
-            delayed(int(self.delay_steps[g["name"].split("/")[0]]))
-            if self.delay_steps.get(g["name"].split("/")[0])
-            else warmup_cosine
-            for g in param_groups
+            delayed(int(self.delay_steps[name])) if self.delay_steps.get(name) else warmup_cosine
+            for name in group_of
         ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
