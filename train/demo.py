@@ -100,7 +100,8 @@ def evaluate_with_fewer_objects(
 
     Builds a copy of the synthetic ``datamodule`` (same class, seed, sizes, vocabulary) with
     ``num_objects=k`` and runs ``trainer.test`` on it. Counts above the trained scenes' count are an
-    error (the scene grid is sized for it); non-synthetic data modules have no object count.
+    error (the scene grid is sized for it); the trained count itself is skipped (it is the main
+    test, whose results the caller already has); non-synthetic data modules have no object count.
     """
     from textvision.train.data_modules import SyntheticDataModule
 
@@ -113,7 +114,8 @@ def evaluate_with_fewer_objects(
     if bad:
         raise ValueError(f"object counts {bad} outside 1..{trained} (the trained scenes' count)")
     out = {}
-    for k in sorted({int(k) for k in counts}):
+    # the trained count is the main test, already run; it is not run again
+    for k in sorted({int(k) for k in counts} - {trained}):
         # LightningCLI adds bookkeeping keys (`_class_path`, ...) to the saved init arguments.
         args = {name: v for name, v in datamodule.hparams.items() if not name.startswith("_")}
         args.update(num_objects=k, objects_warmup_steps=0)

@@ -124,8 +124,9 @@ def test_fewer_objects_checks_counts_and_data(tmp_path):
         magnifier_categories=["colour"],
     )
     trainer = RecordingTrainer()
-    out = evaluate_with_fewer_objects(trainer, Module(), curriculum, [3, 1, 3])
-    assert out == {1: {"objects": 1}, 3: {"objects": 3}}
+    out = evaluate_with_fewer_objects(trainer, Module(), curriculum, [3, 1, 3, 6])
+    assert out == {1: {"objects": 1}, 3: {"objects": 3}}  # 6, the trained count, is not rerun
+    assert len(trainer.seen) == 2
     easier = trainer.seen[0]
     assert type(easier) is SyntheticMixDataModule and easier.objects_warmup_steps == 0
     assert easier.magnifier_categories == ("colour",) and easier.sizes == curriculum.sizes
