@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from textvision.data.collate import collate_samples
@@ -30,6 +31,7 @@ from textvision.data.glyphs import SHAPES
 from textvision.data.llava import LlavaConversations
 from textvision.data.magnifier import MAGNIFIER_CATEGORIES, MagnifierGenerator
 from textvision.data.mmvp_pairs import MMVP_CATEGORIES, MMVPPairsGenerator
+from textvision.data.resumable import EpochSeededRandomSampler, ResumableDataLoader
 from textvision.data.sample import Sample
 from textvision.data.scene import SceneConfig
 from textvision.data.synthetic import (
@@ -57,10 +59,32 @@ class _SampleDataModule(L.LightningDataModule):
     num_workers: int
 
     def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+        """An evaluation loader: in order; under DDP each rank gets every ``world``-th item, with
+        no padding, so each item is scored exactly once (``DistributedSampler``, which Lightning
+        injects otherwise, repeats items to even out the ranks)."""
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _train_loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+        """The training loader: resumable mid-epoch (:class:`ResumableDataLoader`), shuffled (when
+        asked) by a permutation of ``(seed, epoch)`` only, so a resumed fit sees the same stream."""
+        return ResumableDataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochSeededRandomSampler(len(dataset), seed=seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             persistent_workers=self.num_workers > 0,
@@ -245,7 +269,7 @@ class SyntheticDataModule(_SampleDataModule):
     def train_dataloader(self) -> DataLoader:
         splits = self.split("train")
         dataset = splits[0] if len(splits) == 1 else MixedSplit(splits)
-        return self._loader(dataset, batch_size=self.batch_size, shuffle=self.shuffle)
+        return self._train_loader(dataset, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(s, batch_size=self.eval_batch_size, shuffle=False) for s in self.split("val")]
@@ -431,7 +455,9 @@ class LlavaDataModule(_SampleDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, batch_size=self.batch_size, shuffle=self.hparams.shuffle)
+        return self._train_loader(
+            self.train_set, batch_size=self.batch_size, shuffle=self.hparams.shuffle, seed=self.hparams.seed
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         if self.val_set is None:
