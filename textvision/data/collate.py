@@ -16,7 +16,8 @@ __all__ = ["Batch", "collate_samples"]
 class Batch(TypedDict):
     """A collated batch of ``B`` samples (see :mod:`textvision.data.sample` for each key).
 
-    ``image`` is ``(B, 3, H, W)``; ``label`` and ``pair_id`` are ``(B,)`` long tensors; every other
+    ``image`` is ``(B, 3, H, W)``; ``label``, ``pair_id`` and ``target_patch`` (``-1`` for samples
+that do not name it) are ``(B,)`` long tensors; every other
     key is a list of length ``B`` (``options`` a list of lists, lengths may differ).
     """
 
@@ -29,6 +30,7 @@ class Batch(TypedDict):
     id: list[str]
     pair_id: Tensor
     category: list[str]
+    target_patch: Tensor
 
 
 def collate_samples(samples: Sequence[dict]) -> Batch:
@@ -62,4 +64,5 @@ def collate_samples(samples: Sequence[dict]) -> Batch:
         id=[s["id"] for s in samples],
         pair_id=torch.tensor([int(s["pair_id"]) for s in samples], dtype=torch.long),
         category=[s["category"] for s in samples],
+        target_patch=torch.tensor([int(s.get("target_patch", -1)) for s in samples], dtype=torch.long),
     )

@@ -307,6 +307,7 @@ class MagnifierGenerator(SyntheticGenerator):
         scenes, questions = self.sample(rng)
         images = render_scenes(scenes, self.scene)
         half = half_of(scenes, questions.axis, self.scene.grid)
+        target_cells = scenes.cell.gather(1, questions.target.unsqueeze(1)).squeeze(1).tolist()
         samples: list[Sample] = []
         for b, index in enumerate(indices):
             category, text = self.question(scenes, questions, b, half)
@@ -326,6 +327,7 @@ class MagnifierGenerator(SyntheticGenerator):
                     id=f"{self.name}-{split}-{index}",
                     pair_id=-1,
                     category=category,
+                    target_patch=target_cells[b],
                 )
             )
         return samples

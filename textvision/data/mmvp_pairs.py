@@ -335,6 +335,8 @@ class MMVPPairsGenerator(SyntheticGenerator):
         answers_a = pair_answer_words(scenes_a, names, **asked)
         answers_b = pair_answer_words(scenes_b, names, **asked)
         swap = questions.swap.tolist()
+        # the queried object is object 0; a position pair moves it to the mirror cell in image B
+        cells_a, cells_b = scenes_a.cell[:, 0].tolist(), scenes_b.cell[:, 0].tolist()
         texts = {}
         samples: list[Sample] = []
         for index in indices:
@@ -358,6 +360,7 @@ class MMVPPairsGenerator(SyntheticGenerator):
                     id=f"{self.name}-{split}-{index // 2}-{member}",
                     pair_id=index // 2,
                     category=category,
+                    target_patch=cells_b[r] if use_b else cells_a[r],
                 )
             )
         return samples

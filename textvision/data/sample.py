@@ -19,6 +19,9 @@ key             type         meaning
 ``pair_id``     int          items sharing it form an MMVP-style pair; ``-1`` when none
 ``category``    str          question type (``"colour"``, ``"shape"``, ``"position"``,
                              ``"orientation"``, ``"presence"``; ``""`` for LLaVA)
+``target_patch`` int         *optional*: row-major index of the patch that holds the object the
+                             question is about, where the data knows it (the synthetic sets); it
+                             is what the kept-target rate and the grounding loss read
 ==============  ===========  =======================================================================
 
 Invariants: ``options[label] == answer`` when ``label >= 0``; ``options`` has no duplicates.
@@ -40,6 +43,7 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 from torch import Tensor
+from typing_extensions import NotRequired  # typing.NotRequired needs Python 3.11
 
 __all__ = ["PROMPT_STYLES", "SAMPLE_KEYS", "Sample", "check_sample", "format_prompt"]
 
@@ -59,9 +63,11 @@ class Sample(TypedDict):
     id: str
     pair_id: int
     category: str
+    target_patch: NotRequired[int]
 
 
-SAMPLE_KEYS = tuple(Sample.__annotations__)
+#: the keys every sample has (``target_patch`` is optional)
+SAMPLE_KEYS = tuple(k for k in Sample.__annotations__ if k in Sample.__required_keys__)
 
 
 def format_prompt(
@@ -106,6 +112,9 @@ def check_sample(sample: dict) -> None:
     for key in ("instruction", "prompt", "answer", "id", "category"):
         if not isinstance(sample[key], str):
             raise ValueError(f"sample {name!r}: {key} must be str")
+    target = sample.get("target_patch", -1)
+    if not isinstance(target, int) or target < -1:
+        raise ValueError(f"sample {name!r}: target_patch must be an int >= -1, got {target!r}")
     options, label = sample["options"], sample["label"]
     if label == -1:
         if options:

@@ -1,0 +1,3 @@
+from textvision.pretrain.cli import main
+
+main()
