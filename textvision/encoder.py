@@ -24,8 +24,10 @@ from torch import nn
 
 import textvision.fusion  # noqa: F401  (registers the built-in variants)
 from textvision.fusion.base import FUSIONS, Fusion, build_fusion
+from textvision.pretrain.alignment import mean_pool
 from textvision.pruning.pruner import TokenPruner
 from textvision.pruning.scores import cls_attention_scores, token_norm_scores
+from textvision.pruning.text_similarity import TextSimilarityScorer
 from textvision.text.encoder import TextEncoder, TextFeatures
 from textvision.vision.backbone import CheckpointMismatchError, LoadReport, VisionBackbone
 
@@ -45,12 +47,18 @@ class EncoderOutput(NamedTuple):
             patch grid (row-major), or None without pruning.
         relevance: ``(B, N)`` float32 instruction relevance over the original patches (mean over
             the blocks that produced it; 0 for patches already dropped there), or None when no
-            block attends to the text.
+            block attends to the text. With ``scorer="text_similarity"`` it is the scorer's
+            softmax over the patches at the first pruning step (what the selection used).
+        selection_logits: ``(B, N)`` log-scores of the first pruning step over the original
+            patches (the softmax of which is the selection's distribution), or None without
+            pruning. Differentiable only for ``scorer="text_similarity"`` (the kernels' relevance
+            is detached by contract); a grounding loss reads it.
     """
 
     tokens: torch.Tensor
     kept_indices: torch.Tensor | None
     relevance: torch.Tensor | None
+    selection_logits: torch.Tensor | None = None
 
 
 class TextAwareEncoder(nn.Module):
@@ -67,8 +75,12 @@ class TextAwareEncoder(nn.Module):
         keep_ratio: fraction of the present patches kept at each pruning step.
         keep_tokens: patches kept at each step (one int, or one per step).
         scorer: ``"text"`` (relevance from the fusion's kernel in the pruning block),
-            ``"cls_attention"`` (EViT) or ``"token_norm"``.
+            ``"text_similarity"`` (``similarity``: question–patch similarity of the final-normed
+            patch tokens, trainable), ``"cls_attention"`` (EViT) or ``"token_norm"``.
+        similarity: the :class:`~textvision.pruning.TextSimilarityScorer` for
+            ``scorer="text_similarity"``.
         merge_dropped: fuse the dropped patches into one extra token, score-weighted (EViT).
+        keep_order: kept patches in ``"spatial"`` order or best ``"score"`` first.
         backend: attention-kernel backend for the fusion modules: ``auto``/``triton``/``torch``.
         freeze_backbone: keep the pretrained ViT frozen (only fusion + text adapter train).
     """
@@ -85,7 +97,9 @@ class TextAwareEncoder(nn.Module):
         keep_ratio: float | None = None,
         keep_tokens: int | Sequence[int] | None = None,
         scorer: str = "text",
+        similarity: TextSimilarityScorer | None = None,
         merge_dropped: bool = False,
+        keep_order: str = "spatial",
         backend: str = "auto",
         freeze_backbone: bool = True,
     ) -> None:
@@ -124,8 +138,18 @@ class TextAwareEncoder(nn.Module):
             keep_tokens=keep_tokens,
             scorer=scorer,
             merge_dropped=merge_dropped,
+            order=keep_order,
         )
         self._check_indices("prune_at", self.pruner.prune_at, depth)
+        if (scorer == "text_similarity") != (similarity is not None):
+            raise ValueError("scorer='text_similarity' and a similarity scorer module go together")
+        if similarity is not None:
+            if similarity.vision_width != backbone.width or similarity.text_width != self.text_dim:
+                raise ValueError(
+                    f"similarity scorer is for widths (vision {similarity.vision_width}, text "
+                    f"{similarity.text_width}), the encoder has ({backbone.width}, {self.text_dim})"
+                )
+        self.similarity = similarity
         if self.pruner.enabled and scorer == "text":
             blind = [i for i in self.pruner.prune_at if not self._attends(i)]
             if blind:
@@ -232,6 +256,8 @@ class TextAwareEncoder(nn.Module):
         num_patches = x.shape[1] - prefix
         patch_index = torch.arange(num_patches, device=x.device).expand(batch, -1)
         merged_count: torch.Tensor | None = None
+        selection_logits: torch.Tensor | None = None
+        selected_relevance: torch.Tensor | None = None
         relevance_sum = torch.zeros(batch, num_patches, device=x.device) if self.relevance_blocks else None
         prune_steps = {block: step for step, block in enumerate(self.pruner.prune_at)}
         for index in range(backbone.depth):
@@ -250,12 +276,22 @@ class TextAwareEncoder(nn.Module):
             if patch_relevance is not None and relevance_sum is not None:
                 relevance_sum.scatter_add_(1, patch_index, patch_relevance)
             if index in prune_steps:
+                logits = None
                 if self.pruner.scorer == "text":
                     scores = patch_relevance
+                elif self.pruner.scorer == "text_similarity":
+                    assert self.similarity is not None
+                    sentence = mean_pool(hidden.to(x.dtype), mask)
+                    logits = self.similarity(backbone.final_norm(x[:, prefix : prefix + n]), sentence)
+                    scores = logits.softmax(dim=-1)
                 elif self.pruner.scorer == "cls_attention":
                     scores = cls_attention_scores(view, block_input, num_prefix_tokens=prefix, num_patches=n)
                 else:
                     scores = token_norm_scores(x[:, prefix : prefix + n])
+                if selection_logits is None:  # the first step sees every patch, in grid order
+                    selection_logits = logits if logits is not None else scores.float().clamp_min(1e-30).log()
+                    if logits is not None:
+                        selected_relevance = scores.detach().float()
                 x, patch_index, merged_count = self.pruner(
                     x,
                     scores,
@@ -266,7 +302,11 @@ class TextAwareEncoder(nn.Module):
                 )
         tokens = backbone.final_norm(x)
         relevance_out = None if relevance_sum is None else relevance_sum / len(self.relevance_blocks)
-        return EncoderOutput(tokens, patch_index if self.pruner.enabled else None, relevance_out)
+        if selected_relevance is not None:
+            relevance_out = selected_relevance
+        return EncoderOutput(
+            tokens, patch_index if self.pruner.enabled else None, relevance_out, selection_logits
+        )
 
     # ----------------------------------------------------------------------------------------
     # Parameters and checkpoints
@@ -275,13 +315,15 @@ class TextAwareEncoder(nn.Module):
         """Trainable parameters by role, for per-group optimizer settings.
 
         Keys: ``fusion`` (fusion layers and their gates), ``text_adapter``, ``backbone``,
-        ``text_encoder``; frozen parameters are left out, so a group may be empty.
+        ``text_encoder``, ``scorer`` (the ``text_similarity`` scorer); frozen parameters are left
+        out, so a group may be empty.
         """
         groups: dict[str, list[nn.Parameter]] = {
             "fusion": list(self.fusion.parameters()),
             "text_adapter": list(self.text_adapter.parameters()),
             "backbone": list(self.backbone.parameters()),
             "text_encoder": list(self.text_encoder.parameters()) if self.text_encoder is not None else [],
+            "scorer": list(self.similarity.parameters()) if self.similarity is not None else [],
         }
         return {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
 

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from textvision.pruning.selection import grounding_loss, kept_target_rate
 from textvision.vlm.model import TextAwareVLM
 
 __all__ = ["TextVisionModule", "evaluation_metrics"]
@@ -81,6 +82,12 @@ class TextVisionModule(LightningModule):
             the demo, see the README), the problem a separate alignment stage solves in LLaVA; this
             keeps the run single-stage. (Lightning's ``BackboneFinetuning`` callback does the same
             per epoch; the synthetic data has no epochs.)
+        lr_scorer: learning rate of the encoder's ``text_similarity`` scorer (``None`` = ``lr``).
+        grounding_weight: weight of the grounding loss (:func:`textvision.pruning.grounding_loss`:
+            cross-entropy of the encoder's selection at the queried object's patch, from the
+            synthetic sets' ``target_patch``) added to the answer loss; 0 (the default, and for
+            real data, which names no patch) turns it off. It trains the selection only where the
+            scorer is differentiable (``scorer: text_similarity``).
         eval_generate: also generate greedy answers in validation/test and report exact-match.
         max_new_tokens: generation length for ``eval_generate`` and ``predict``.
     """
@@ -96,6 +103,8 @@ class TextVisionModule(LightningModule):
         lr_backbone: float | None = None,
         lr_text_encoder: float | None = None,
         lr_language_model: float | None = None,
+        lr_scorer: float | None = None,
+        grounding_weight: float = 0.0,
         weight_decay: float = 0.0,
         beta1: float = 0.9,
         beta2: float = 0.999,
@@ -122,7 +131,10 @@ class TextVisionModule(LightningModule):
             "backbone": lr_backbone,
             "text_encoder": lr_text_encoder,
             "language_model": lr_language_model,
+            "scorer": lr_scorer,
         }
+        if grounding_weight < 0:
+            raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}")
         self.delay_steps = dict(delay_steps or {})
         bad = {k: v for k, v in self.delay_steps.items() if int(v) < 0}
         if bad:
@@ -131,14 +143,23 @@ class TextVisionModule(LightningModule):
         # checks that exactly those (and nothing else) are missing.
         self.strict_loading = False
         self._records: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
+        # question categories seen in evaluation, in order of appearance (ids in the records)
+        self.category_names: list[str] = []
         self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.vlm.loss(batch["image"], batch["instruction"], batch["prompt"], batch["answer"])
+        visual, out = self.vlm.encode(batch["image"], batch["instruction"])
+        loss = self.vlm.language_model.loss(visual, batch["prompt"], batch["answer"])
+        size = len(batch["answer"])
+        if self.hparams.grounding_weight:
+            grounding = grounding_loss(out.selection_logits, batch["target_patch"])
+            self.log("train/answer_loss", loss, batch_size=size)
+            self.log("train/grounding_loss", grounding, batch_size=size)
+            loss = loss + self.hparams.grounding_weight * grounding
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["answer"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
     # ------------------------------------------------------------------ evaluation
@@ -152,7 +173,7 @@ class TextVisionModule(LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> dict[str, Tensor]:
         name = self._set_name(stage, dataloader_idx)
-        visual, _ = self.vlm.encode(batch["image"], batch["instruction"])
+        visual, encoded = self.vlm.encode(batch["image"], batch["instruction"])
         lm = self.vlm.language_model
         size = len(batch["answer"])
         loss = lm.loss(visual, batch["prompt"], batch["answer"])
@@ -171,7 +192,13 @@ class TextVisionModule(LightningModule):
             rec["correct"].append((pred == labels)[keep].cpu())
             rec["num_options"].append(torch.tensor([len(o) for o in batch["options"]])[keep.cpu()])
             rec["pair_id"].append(pair_ids[keep].cpu())
+            rec["category"].append(self._category_ids(batch.get("category"), size)[keep.cpu()])
             out["pred"] = pred
+        if "target_patch" in batch:
+            kept = getattr(encoded, "kept_indices", None)
+            self._records[f"{stage}/{name}"]["kept_target"].append(
+                kept_target_rate(kept, batch["target_patch"], reduce=False).cpu()
+            )
         if self.hparams.eval_generate:
             replies = lm.generate(visual, batch["prompt"], max_new_tokens=self.hparams.max_new_tokens)
             match = [
@@ -179,6 +206,15 @@ class TextVisionModule(LightningModule):
             ]
             self._records[f"{stage}/{name}"]["exact_match"].append(torch.tensor(match))
         return out
+
+    def _category_ids(self, categories: list[str] | None, size: int) -> Tensor:
+        """``(B,)`` long ids of the items' question categories (the names in ``self.category_names``)."""
+        ids = []
+        for category in categories or [""] * size:
+            if category not in self.category_names:
+                self.category_names.append(category)
+            ids.append(self.category_names.index(category))
+        return torch.tensor(ids, dtype=torch.long)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         return self._eval_step(batch, "val", dataloader_idx)
@@ -206,9 +242,34 @@ class TextVisionModule(LightningModule):
             )
             if rec["exact_match"]:
                 metrics["exact_match"] = self._gather(rec["exact_match"]).double().mean().item()
+            if rec["kept_target"]:
+                hits = self._gather(rec["kept_target"]).long()
+                if bool((hits >= 0).any()):
+                    metrics["kept_target"] = hits[hits >= 0].double().mean().item()
+            if rec["category"]:
+                category = self._gather(rec["category"]).long()
+                correct = self._gather(rec["correct"]).bool()
+                num_options = self._gather(rec["num_options"]).long()
+                pair_id = self._gather(rec["pair_id"]).long()
+                by_category = {}
+                for cid in sorted(set(category.tolist())):
+                    sel = category == cid
+                    by_category[self.category_names[cid]] = evaluation_metrics(
+                        correct[sel], num_options[sel], pair_id[sel]
+                    )
+                if len(by_category) > 1 or "" not in by_category:
+                    metrics["by_category"] = by_category
             results[name] = metrics
             for metric, value in metrics.items():
-                if metric != "n" and not metric.startswith("n_"):
+                if metric == "by_category":
+                    for category, cat_metrics in value.items():
+                        self.log(
+                            f"{stage}/{name}/{category}/acc",
+                            cat_metrics["acc"],
+                            add_dataloader_idx=False,
+                            rank_zero_only=True,
+                        )
+                elif metric != "n" and not metric.startswith("n_"):
                     self.log(f"{stage}/{name}/{metric}", value, add_dataloader_idx=False, rank_zero_only=True)
         if results:
             accs = [m["acc"] for m in results.values() if "acc" in m]

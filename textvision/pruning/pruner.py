@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from textvision.pruning.scores import SCORERS
-from textvision.pruning.selection import PrunedTokens, keep_count, prune_tokens
+from textvision.pruning.selection import KEEP_ORDERS, PrunedTokens, keep_count, prune_tokens
 
 __all__ = ["TokenPruner"]
 
@@ -20,8 +20,10 @@ class TokenPruner(nn.Module):
         prune_at: block indices (0-based) after which to prune, e.g. ``(4,)``.
         keep_ratio: fraction of the patches present at each step to keep.
         keep_tokens: patches to keep, one int for every step or one per step.
-        scorer: ``"text"`` (kernel relevance), ``"cls_attention"`` or ``"token_norm"``.
+        scorer: ``"text"`` (kernel relevance), ``"text_similarity"`` (a trainable question–patch
+            similarity), ``"cls_attention"`` or ``"token_norm"``.
         merge_dropped: fuse the dropped patches into one extra token (EViT).
+        order: kept patches in ``"spatial"`` order (default) or best ``"score"`` first.
     """
 
     def __init__(
@@ -32,8 +34,12 @@ class TokenPruner(nn.Module):
         keep_tokens: int | Sequence[int] | None = None,
         scorer: str = "text",
         merge_dropped: bool = False,
+        order: str = "spatial",
     ) -> None:
         super().__init__()
+        if order not in KEEP_ORDERS:
+            raise ValueError(f"order must be one of {KEEP_ORDERS}, got {order!r}")
+        self.order = order
         self.prune_at = tuple(sorted(int(i) for i in prune_at))
         if len(set(self.prune_at)) != len(self.prune_at):
             raise ValueError(f"prune_at has repeated blocks: {list(prune_at)}")
@@ -82,10 +88,11 @@ class TokenPruner(nn.Module):
             keep=self.keep(step, scores.shape[1]),
             merge=self.merge_dropped,
             merged_count=merged_count,
+            order=self.order,
         )
 
     def extra_repr(self) -> str:
         return (
             f"prune_at={self.prune_at}, keep_ratio={self.keep_ratio}, keep_tokens={self.keep_tokens}, "
-            f"scorer={self.scorer!r}, merge_dropped={self.merge_dropped}"
+            f"scorer={self.scorer!r}, merge_dropped={self.merge_dropped}, order={self.order!r}"
         )

@@ -4,7 +4,9 @@
   encoder; no function needed here);
 - :func:`cls_attention_scores`: the CLS query's attention over the patches, mean over heads
   (EViT, Liang et al. 2022, arXiv:2202.07800; VisionZip's "dominant" tokens);
-- :func:`token_norm_scores`: the L2 norm of each patch token.
+- :func:`token_norm_scores`: the L2 norm of each patch token;
+- ``text_similarity``: question–patch similarity, trainable
+  (:class:`~textvision.pruning.text_similarity.TextSimilarityScorer`, given to the encoder).
 
 Only the CLS row of the attention is computed, never the ``N x N`` matrix.
 """
@@ -17,7 +19,7 @@ from textvision.vision.backbone import BlockView
 
 __all__ = ["SCORERS", "cls_attention_scores", "token_norm_scores"]
 
-SCORERS = ("text", "cls_attention", "token_norm")
+SCORERS = ("text", "text_similarity", "cls_attention", "token_norm")
 
 
 def cls_attention_scores(

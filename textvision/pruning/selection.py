@@ -11,7 +11,15 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["PrunedTokens", "keep_count", "prune_tokens", "top_k_sorted"]
+__all__ = [
+    "KEEP_ORDERS",
+    "PrunedTokens",
+    "grounding_loss",
+    "keep_count",
+    "kept_target_rate",
+    "prune_tokens",
+    "top_k_sorted",
+]
 
 
 class PrunedTokens(NamedTuple):
@@ -37,16 +45,25 @@ def keep_count(num_patches: int, *, keep_ratio: float | None = None, keep_tokens
     return max(1, min(num_patches, math.ceil(keep_ratio * num_patches - 1e-6)))
 
 
-def top_k_sorted(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` positions of ``scores (B, n)`` in ascending position order, and the rest.
+#: orders of the kept patches: their original spatial order, or best score first
+KEEP_ORDERS = ("spatial", "score")
+
+
+def top_k_sorted(
+    scores: torch.Tensor, k: int, *, order: str = "spatial"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` positions of ``scores (B, n)``, and the rest.
 
     Ties break towards the lower position (stable sort), so an all-zero score row (an empty
     instruction) keeps the first ``k`` patches deterministically.
-    Returns ``(kept (B, k), dropped (B, n - k))`` long positions, each sorted ascending.
+    Returns ``(kept (B, k), dropped (B, n - k))`` long positions: ``kept`` ascending
+    (``order="spatial"``) or by descending score (``order="score"``), ``dropped`` ascending.
     """
-    order = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
-    kept = order[:, :k].sort(dim=-1).values
-    dropped = order[:, k:].sort(dim=-1).values
+    if order not in KEEP_ORDERS:
+        raise ValueError(f"order must be one of {KEEP_ORDERS}, got {order!r}")
+    ranked = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
+    kept = ranked[:, :k] if order == "score" else ranked[:, :k].sort(dim=-1).values
+    dropped = ranked[:, k:].sort(dim=-1).values
     return kept, dropped
 
 
@@ -63,8 +80,11 @@ def prune_tokens(
     keep: int,
     merge: bool = False,
     merged_count: torch.Tensor | None = None,
+    order: str = "spatial",
 ) -> PrunedTokens:
-    """Keep the prefix tokens and the top-``keep`` patches by score, in original spatial order.
+    """Keep the prefix tokens and the top-``keep`` patches by score, in original spatial order
+    (``order="spatial"``) or best first (``order="score"``: the LM reads the patch the question
+    is most about first, whatever its place in the grid; position stays in the tokens' features).
 
     With ``merge``, the dropped patches (and an earlier merged token) are fused into one token
     appended at the end, their average weighted by their scores (EViT's inattentive-token fusion,
@@ -84,7 +104,7 @@ def prune_tokens(
         raise ValueError(
             f"x has {x.shape[1]} tokens, expected {expected} (prefix {num_prefix_tokens}, {n} patches)"
         )
-    kept, dropped = top_k_sorted(scores, keep)
+    kept, dropped = top_k_sorted(scores, keep, order=order)
     prefix = x[:, :num_prefix_tokens]
     patches = x[:, num_prefix_tokens : num_prefix_tokens + n]
     parts = [prefix, _gather_tokens(patches, kept)]
@@ -109,3 +129,52 @@ def prune_tokens(
     elif has_merged:
         parts.append(x[:, -1:])
     return PrunedTokens(torch.cat(parts, dim=1), patch_index.gather(1, kept), new_count)
+
+
+def kept_target_rate(
+    kept_indices: torch.Tensor | None, target_patch: torch.Tensor, *, reduce: bool = True
+) -> torch.Tensor:
+    """How often the patch the question is about survives pruning.
+
+    Args:
+        kept_indices: ``(B, K)`` original-grid positions of the kept patches; ``None`` means no
+            pruning (every patch kept).
+        target_patch: ``(B,)`` the queried object's patch, ``-1`` where the data does not name one.
+
+    Returns:
+        with ``reduce``, the mean over the items that name a target (a 0-d float tensor; NaN when
+        none does); else ``(B,)`` long: 1 kept, 0 dropped, -1 no target.
+    """
+    target = target_patch.to(torch.long).view(-1)
+    if kept_indices is None:
+        hit = torch.ones_like(target)
+    else:
+        hit = (kept_indices == target.to(kept_indices.device).unsqueeze(1)).any(dim=1).long().cpu()
+        target = target.cpu()
+    hit = torch.where(target >= 0, hit.to(target.device), -1)
+    if not reduce:
+        return hit
+    named = hit >= 0
+    return hit[named].float().mean() if bool(named.any()) else torch.tensor(float("nan"))
+
+
+def grounding_loss(selection_logits: torch.Tensor | None, target_patch: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the selection's distribution over patches at the queried object's patch.
+
+    The referring-expression grounding signal real VLMs get from grounding data (the question
+    names an object; the loss says which patch it is), here from the synthetic sets'
+    ``target_patch``. Items with ``target_patch == -1`` are left out; with none left the loss is
+    a differentiable 0.
+
+    Args:
+        selection_logits: ``(B, N)`` log-scores over the original patches
+            (``EncoderOutput.selection_logits``).
+        target_patch: ``(B,)`` long.
+    """
+    if selection_logits is None:
+        raise ValueError("grounding needs an encoder that prunes (EncoderOutput.selection_logits is None)")
+    target = target_patch.to(device=selection_logits.device, dtype=torch.long).view(-1)
+    named = target >= 0
+    if not bool(named.any()):
+        return selection_logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(selection_logits[named].float(), target[named])
