@@ -1,4 +1,8 @@
-"""Checkpoint files: every Lightning checkpoint also gets a safetensors export of its weights.
+"""Checkpoint files: a safetensors export of every checkpoint, and a checkpoint that is never lost.
+
+:class:`ResumableCheckpoint` is Lightning's ``ModelCheckpoint`` that also saves the final step,
+saves on exceptions and on SIGTERM (Lightning's ``save_on_exception`` and its SIGTERM handling),
+and turns the first Ctrl-C into the same graceful stop at the end of the current batch.
 
 :class:`SafetensorsCheckpointIO` is a Lightning ``CheckpointIO`` plugin (public plugin API): it
 writes the usual ``.ckpt`` (loadable with ``torch.load(..., weights_only=True)``) and, beside it,
@@ -11,15 +15,31 @@ in the safetensors metadata and restored by :func:`load_state_dict_safetensors`.
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import CombinedLoader
 from safetensors.torch import load_file, save_file
 
-__all__ = ["SafetensorsCheckpointIO", "load_state_dict_safetensors", "save_state_dict_safetensors"]
+__all__ = [
+    "ResumableCheckpoint",
+    "SafetensorsCheckpointIO",
+    "load_state_dict_safetensors",
+    "save_state_dict_safetensors",
+]
+
+log = logging.getLogger(__name__)
+
+#: the signal that stopped the last fit through :class:`ResumableCheckpoint`'s Ctrl-C handling
+INTERRUPTED_BY: int | None = None
 
 _ALIASES_KEY = "textvision_aliases"
 
@@ -76,3 +96,118 @@ class SafetensorsCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path: _PATH) -> None:
         super().remove_checkpoint(path)
         Path(path).with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+def _train_loaders(trainer) -> list[Any]:
+    loaders = trainer.train_dataloader
+    if loaders is None:
+        return []
+    if isinstance(loaders, CombinedLoader):
+        return list(loaders.flattened)
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    if isinstance(loaders, list | tuple):
+        return list(loaders)
+    return [loaders]
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (same arguments) that never loses the steps since the last save.
+
+    * **The final step**: when training ends (``max_steps``, ``max_epochs``, ``should_stop``) and
+      the last save was at an earlier step, ``last.ckpt`` is written for the final step
+      (Lightning's own ``on_train_end`` writes it only if *nothing* was saved during the run).
+    * **Exceptions and SIGTERM**: ``save_on_exception`` defaults to ``True`` (Lightning's option;
+      its SIGTERM handler stops the fit at the end of the current batch with ``SIGTERMException``,
+      which reaches ``on_exception`` too). A batch that was in flight when the exception came (the
+      loader had handed it out but the step never finished) is handed back to a
+      :class:`~textvision.data.resumable.ResumableDataLoader` first, so resuming from the
+      exception checkpoint trains on it.
+    * **Ctrl-C**: the first SIGINT is routed to Lightning's SIGTERM handling (a stop at the end of
+      the current batch, a checkpoint, then exit); a second one interrupts at once
+      (``KeyboardInterrupt``, also checkpointed by ``save_on_exception``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        save_on_exception: bool = True,
+        save_last: bool | Literal["link"] | None = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, save_on_exception=save_on_exception, save_last=save_last, **kwargs)
+        self._previous_sigint: Any = None
+        self._sigint_installed = False
+
+    # -- Ctrl-C ------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if threading.current_thread() is not threading.main_thread() or self._sigint_installed:
+            return
+        sigterm_handler = signal.getsignal(signal.SIGTERM)
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            global INTERRUPTED_BY
+            INTERRUPTED_BY = signum
+            # one graceful stop; a second Ctrl-C gets Python's KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print(
+                f"\nCtrl-C: stopping after step {trainer.global_step + 1} and saving a checkpoint "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if callable(sigterm_handler) and sigterm_handler not in (signal.SIG_DFL, signal.SIG_IGN):
+                sigterm_handler(signum, frame)  # Lightning's: received_sigterm, stop at the batch end
+            else:
+                trainer.should_stop = True
+
+        self._previous_sigint = previous
+        signal.signal(signal.SIGINT, on_sigint)
+        self._sigint_installed = True
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+        self._sigint_installed = False
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore_sigint()
+        super().teardown(trainer, pl_module, stage)
+
+    # -- the final step ----------------------------------------------------------------------
+    def on_train_end(self, trainer, pl_module) -> None:
+        if (
+            self.save_last
+            and not trainer.fast_dev_run
+            and trainer.global_step > 0
+            and self._last_global_step_saved != trainer.global_step
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+        self._restore_sigint()
+
+    # -- exceptions --------------------------------------------------------------------------
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        progress = epoch_loop.batch_progress.current
+        in_flight = progress.ready - progress.processed
+        if not (self._should_save_on_exception(trainer) and in_flight > 0):
+            super().on_exception(trainer, pl_module, exception)
+            self._restore_sigint()
+            return
+        for loader in _train_loaders(trainer):
+            if callable(getattr(loader, "rewind", None)):
+                loader.rewind(in_flight)
+        # Lightning's restart adds one to its logging step counter unless the checkpoint was
+        # taken at a batch end; this one was taken before the batch ran, so take it back.
+        stepped = getattr(epoch_loop, "_batches_that_stepped", None)
+        if isinstance(stepped, int) and stepped > 0:
+            epoch_loop._batches_that_stepped = stepped - 1
+        try:
+            super().on_exception(trainer, pl_module, exception)
+        finally:
+            if isinstance(stepped, int):
+                epoch_loop._batches_that_stepped = stepped
+            self._restore_sigint()
