@@ -13,6 +13,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The vision-pretraining cache (textvision.pretrain.cache) of a test session: its own folder, so
+# the tests exercise the first-use path and never read or fill the user's cache.
+if "TEXTVISION_TEST_KEEP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["TEXTVISION_CACHE"] = tempfile.mkdtemp(prefix="textvision-test-cache-")
 
 
 @pytest.fixture

@@ -81,6 +81,11 @@ class TextAwareEncoder(nn.Module):
             ``scorer="text_similarity"``.
         merge_dropped: fuse the dropped patches into one extra token, score-weighted (EViT).
         keep_order: kept patches in ``"spatial"`` order or best ``"score"`` first.
+        relevance_embedding: add ``p_n · e`` to each kept patch ``n`` after the first pruning step,
+            ``p`` the ``text_similarity`` scorer's softmax over the patches and ``e`` a learned,
+            zero-initialised vector: the tokens that reach the LM say how much the question is
+            about them (the LM need not re-find the named object among the kept ones), and the
+            answer loss reaches the scorer through ``p`` (relevance-weighted tokens).
         backend: attention-kernel backend for the fusion modules: ``auto``/``triton``/``torch``.
         freeze_backbone: keep the pretrained ViT frozen (only fusion + text adapter train).
     """
@@ -100,6 +105,7 @@ class TextAwareEncoder(nn.Module):
         similarity: TextSimilarityScorer | None = None,
         merge_dropped: bool = False,
         keep_order: str = "spatial",
+        relevance_embedding: bool = False,
         backend: str = "auto",
         freeze_backbone: bool = True,
     ) -> None:
@@ -141,8 +147,12 @@ class TextAwareEncoder(nn.Module):
             order=keep_order,
         )
         self._check_indices("prune_at", self.pruner.prune_at, depth)
-        if (scorer == "text_similarity") != (similarity is not None):
-            raise ValueError("scorer='text_similarity' and a similarity scorer module go together")
+        if scorer == "text_similarity" and similarity is None:
+            raise ValueError("scorer='text_similarity' needs a similarity module (a TextSimilarityScorer)")
+        if similarity is not None and scorer != "text_similarity":
+            # a config may carry the scorer module while an overlay picks another scorer
+            _logger.info("scorer=%r: the text_similarity scorer module is not used and is dropped", scorer)
+            similarity = None
         if similarity is not None:
             if similarity.vision_width != backbone.width or similarity.text_width != self.text_dim:
                 raise ValueError(
@@ -150,6 +160,12 @@ class TextAwareEncoder(nn.Module):
                     f"{similarity.text_width}), the encoder has ({backbone.width}, {self.text_dim})"
                 )
         self.similarity = similarity
+        if relevance_embedding and not (self.pruner.enabled and scorer == "text_similarity"):
+            # it marks kept patches by the text_similarity scores: without them it has nothing to mark
+            _logger.info("relevance_embedding needs pruning with scorer='text_similarity'; not used")
+            relevance_embedding = False
+        # zero-init: at step 0 the kept tokens are the backbone's own
+        self.relevance_embedding = nn.Parameter(torch.zeros(backbone.width)) if relevance_embedding else None
         if self.pruner.enabled and scorer == "text":
             blind = [i for i in self.pruner.prune_at if not self._attends(i)]
             if blind:
@@ -292,6 +308,7 @@ class TextAwareEncoder(nn.Module):
                     selection_logits = logits if logits is not None else scores.float().clamp_min(1e-30).log()
                     if logits is not None:
                         selected_relevance = scores.detach().float()
+                first_step = prune_steps[index] == 0
                 x, patch_index, merged_count = self.pruner(
                     x,
                     scores,
@@ -300,6 +317,13 @@ class TextAwareEncoder(nn.Module):
                     num_prefix_tokens=prefix,
                     merged_count=merged_count,
                 )
+                if self.relevance_embedding is not None and first_step:
+                    # at the first step the current patches are the original grid, so the kept
+                    # positions index the scores directly
+                    kept_scores = scores.gather(1, patch_index).to(x.dtype)  # (B, K), grad to the scorer
+                    k = kept_scores.shape[1]
+                    marked = x[:, prefix : prefix + k] + kept_scores.unsqueeze(-1) * self.relevance_embedding
+                    x = torch.cat([x[:, :prefix], marked, x[:, prefix + k :]], dim=1)
         tokens = backbone.final_norm(x)
         relevance_out = None if relevance_sum is None else relevance_sum / len(self.relevance_blocks)
         if selected_relevance is not None:
@@ -323,7 +347,10 @@ class TextAwareEncoder(nn.Module):
             "text_adapter": list(self.text_adapter.parameters()),
             "backbone": list(self.backbone.parameters()),
             "text_encoder": list(self.text_encoder.parameters()) if self.text_encoder is not None else [],
-            "scorer": list(self.similarity.parameters()) if self.similarity is not None else [],
+            "scorer": [
+                *(self.similarity.parameters() if self.similarity is not None else []),
+                *([self.relevance_embedding] if self.relevance_embedding is not None else []),
+            ],
         }
         return {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
 

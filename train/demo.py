@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "category_table",
     "default_config",
     "evaluate_with_fewer_objects",
     "main",
@@ -62,14 +63,29 @@ def _pct(value: float | None) -> str:
 def metrics_table(results: dict[str, dict[str, float]]) -> str:
     """Markdown table of held-out results: accuracy and pair accuracy next to their chance."""
     lines = [
-        "| set | items | accuracy | chance | pair accuracy | pair chance |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| set | items | accuracy | chance | pair accuracy | pair chance | kept target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in results.items():
         lines.append(
             f"| {name} | {m.get('n', 0)} | {_pct(m.get('acc'))} | {_pct(m.get('chance_acc'))} | "
-            f"{_pct(m.get('pair_acc'))} | {_pct(m.get('chance_pair_acc'))} |"
+            f"{_pct(m.get('pair_acc'))} | {_pct(m.get('chance_pair_acc'))} | {_pct(m.get('kept_target'))} |"
         )
+    return "\n".join(lines)
+
+
+def category_table(results: dict[str, dict]) -> str:
+    """Markdown table of accuracy (and pair accuracy) per question category of every set."""
+    lines = [
+        "| set | category | items | accuracy | chance | pair accuracy |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in results.items():
+        for category, c in m.get("by_category", {}).items():
+            lines.append(
+                f"| {name} | {category} | {c.get('n', 0)} | {_pct(c.get('acc'))} | "
+                f"{_pct(c.get('chance_acc'))} | {_pct(c.get('pair_acc'))} |"
+            )
     return "\n".join(lines)
 
 
@@ -190,7 +206,10 @@ def run_demo(
     metrics = {
         "config": str(config),
         "cli_args": list(cli_args or []),
+        "seed": cli.config.get("seed_everything"),
         "test": results,
+        "test_by_category": {name: m.get("by_category", {}) for name, m in results.items()},
+        "kept_target": {name: m.get("kept_target") for name, m in results.items()},
         "chance_from_data": getattr(cli.datamodule, "chance", None),
         "visual_tokens_to_lm": encoder.num_tokens() if hasattr(encoder, "num_tokens") else None,
         "steps": cli.trainer.global_step,
@@ -212,7 +231,8 @@ def run_demo(
     (output_dir / "metrics.md").write_text(
         "# textvision demo: held-out synthetic test sets\n\n"
         f"{table}\n\n"
-        f"{metrics['steps']} training steps of batch {metrics['batch_size']}, "
+        f"Per question category:\n\n{category_table(results)}\n\n"
+        f"Seed {metrics['seed']}; {metrics['steps']} training steps of batch {metrics['batch_size']}, "
         f"{metrics['visual_tokens_to_lm']} visual tokens reach the LM; "
         f"fit {metrics['seconds']['fit']} s, test {metrics['seconds']['test']} s, "
         f"peak RSS {metrics['peak_rss_mb']} MB ({metrics['torch_threads']} torch threads).\n"
@@ -226,6 +246,7 @@ def run_demo(
         )
     )
     print(table)
+    print(category_table(results))
     if by_objects:
         print(objects_table(by_objects))
     print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'metrics.md'} and {len(pictures)} pictures")

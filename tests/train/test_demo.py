@@ -14,6 +14,19 @@ from textvision.train.cli import cli_main
 from textvision.train.demo import evaluate_with_fewer_objects, metrics_table, objects_table
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+PRETRAIN = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "demo_vit.yaml"
+
+
+def tiny_pretraining(tmp_path: Path) -> Path:
+    """configs/pretrain/demo_vit.yaml shrunk to a 2-block ViT of width 32 and 2 steps (same scenes)."""
+    config = yaml.safe_load(PRETRAIN.read_text())
+    config["trainer"].update(max_steps=2, val_check_interval=2, limit_val_batches=1)
+    config["model"]["backbone"]["init_args"].update(embed_dim=32, depth=2, num_heads=2)
+    config["model"]["dim"] = 32
+    config["data"].update(batch_size=4, val_size=8)
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def shrunken_demo(tmp_path: Path) -> Path:
@@ -25,7 +38,9 @@ def shrunken_demo(tmp_path: Path) -> Path:
         logger["init_args"]["save_dir"] = str(tmp_path / "run")
     trainer["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "run" / "checkpoints")
     encoder = config["model"]["vlm"]["init_args"]["encoder"]["init_args"]
-    encoder["backbone"]["init_args"].update(depth=2, embed_dim=64)
+    pretraining = str(tiny_pretraining(tmp_path))
+    encoder["backbone"]["init_args"]["pretraining"] = pretraining
+    encoder["similarity"]["init_args"]["pretraining"] = pretraining
     lm = config["model"]["vlm"]["init_args"]["language_model"]["init_args"]["config"]
     lm.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     config["data"]["init_args"].update(batch_size=4, eval_batch_size=8, val_size=8, test_size=8)

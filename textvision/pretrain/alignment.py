@@ -7,7 +7,7 @@ that: its features separate glyphs, but nothing ties them to words, and a questi
 over them stays at chance (issue 14's calibration). So the pretraining target here is text:
 
 * every object of a scene gets a caption (:mod:`textvision.pretrain.captions`): "a red
-  triangle", "a bar, vertical", "a blue object on the left", ... — object descriptions, never
+  triangle", "a vertical bar", "a blue object on the left", ... — object descriptions, never
   questions;
 * the caption is embedded by the **frozen** MiniLM sentence encoder (mean-pooled tokens, as
   sentence-transformers pools it) and mapped by a linear text head; each patch token of the ViT's

@@ -109,7 +109,10 @@ class CaptionBank:
                     else:
                         variants = [({}, {})]
                     for words, constraint in variants:
-                        text = _with_article(form.format(shape=shape_word, colour=colour, **words))
+                        if words.get("orientation") in ("horizontal", "vertical"):
+                            text = f"a {words['orientation']} {shape_word}"  # "a vertical bar"
+                        else:
+                            text = _with_article(form.format(shape=shape_word, colour=colour, **words))
                         captions.append((form_id, _Caption(text, shape=s, colour=c, **constraint)))
         self.scene = scene
         self.texts = [c.text for _, c in captions]
