@@ -80,8 +80,14 @@ def test_loads_counts_and_converts(llava_files, caplog):
     assert torch.equal(gray["image"][0], gray["image"][1])  # 16-bit grayscale -> 3 equal channels
     assert gray["image"].max() > 0.5  # kept its range, not clipped to black/white garbage
     assert torch.allclose(rgba["image"], torch.ones(3, 16, 16), atol=1e-5)  # transparent -> white
+    # the corrupt file is skipped when read (the next readable item stands in), counted and named
+    with caplog.at_level(logging.WARNING, logger="textvision.data.llava"):
+        assert data[3]["id"] == "000000033471"
+    assert data.stats.unreadable_image == 1 and "corrupt.jpg" in caplog.records[-1].getMessage()
+    strict = LlavaConversations(path, folder, image_size=16, cache_dir=str(cache))
+    strict.on_error = "raise"  # (raise mode at construction stops at the missing files first)
     with pytest.raises(ImageLoadError, match="corrupt"):
-        data[3]
+        strict[3]
 
 
 def test_all_turns_blank_text_and_verify(llava_files):

@@ -26,9 +26,15 @@ once to build the list of usable ``(record, turn)`` items. Rules:
   ``conversations``, a turn that is not ``{"from", "value"}`` strings, roles other than
   alternating ``human``/``gpt`` starting with ``human``, an odd number of turns, an ``image``
   that is not a string path). With ``on_error="raise"`` the first one raises ``ValueError``
-  naming the record id instead. ``verify_images=True`` also opens every image once at load time
-  and skips unreadable ones; otherwise a corrupt file raises
-  :class:`~textvision.data.images.ImageLoadError` naming the record and the file when read.
+  naming the record id instead. ``verify_images=True`` also decodes every image once at load
+  time (a truncated JPEG passes PIL's ``verify()`` but not a decode) and skips unreadable ones.
+  A file that turns out unreadable when it is read (``verify_images=False``) is skipped too: the
+  next readable item stands in for it, the file is named once in a warning and counted in
+  ``stats.unreadable_image`` (``on_error="raise"``: :class:`~textvision.data.images.ImageLoadError`
+  naming the record and the file).
+* **The file** must be a JSON list of records, or JSON lines (one record per line); a top-level
+  object, a scalar, text that is not UTF-8 and broken JSON fail with a ``ValueError`` that names
+  the file and the line.
 * **Text-only records** (no ``image`` key, about 6% of mix665k): ``text_only="skip"`` (default,
   counted) or ``"blank"``, which pairs them with a uniform grey image so they still train the LM
   side, as Prismatic mixes text-only and multimodal samples in one batch.
@@ -128,6 +134,58 @@ def _lenient_json(value):
         return value
 
 
+def _check_top_level(path: Path) -> None:
+    """Refuse anything but a JSON list of records or JSON lines, naming the file."""
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+        first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        if not first:
+            raise ValueError(f"{path}:1: the file is empty; expected a list of records")
+        if first == b"[":
+            return
+        if first == b"{":
+            handle.seek(0)
+            line = handle.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
+            try:
+                json.loads(line)
+                return  # one complete record on the first line: JSON lines
+            except ValueError:
+                pass
+            raise ValueError(
+                f"{path}:1: the top level is a JSON object spanning lines; expected a list of records "
+                "([{...}, ...]) or JSON lines (one record per line)"
+            )
+    raise ValueError(f"{path}:1: expected a list of records (or JSON lines), got {head[:40]!r}")
+
+
+def _json_problem(path: Path) -> str | None:
+    """Where a conversation file is not valid UTF-8 JSON: ``"file:line:column: what"``, or ``None``."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        return f"{path}:{line}:{column}: not UTF-8 text (byte {raw[error.start]:#04x}: {error.reason})"
+    text = text.lstrip("\ufeff")
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+        return None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}:{number}:{error.colno}: invalid JSON line: {error.msg}"
+        if not isinstance(record, dict):
+            return f"{path}:{number}: a JSON line must be one record (an object), got {type(record).__name__}"
+    return None
+
+
 def _conversation_problem(conversations) -> str | None:
     """Why a ``conversations`` value is malformed, or ``None``."""
     if not isinstance(conversations, list) or len(conversations) == 0:
@@ -193,13 +251,21 @@ class LlavaConversations(Dataset):
         self.turns = turns
         self.text_only = text_only
         self.on_error = on_error
-        records = load_dataset("json", data_files=str(self.json_path), split="train", cache_dir=cache_dir)
+        _check_top_level(self.json_path)
+        try:
+            records = load_dataset("json", data_files=str(self.json_path), split="train", cache_dir=cache_dir)
+        except Exception as error:  # datasets wraps the parser's error without the file or line
+            problem = _json_problem(self.json_path)
+            if problem is None:
+                raise
+            raise ValueError(problem) from error
         self._records = records  # pickles by cache-file reference, not by content
         self._json_columns = {
             name for name, feature in records.features.items() if type(feature).__name__ == "Json"
         }
         # (row, exchange, sample id, image path or None)
         self.items: list[tuple[int, int, str, str | None]] = []
+        self._unreadable: set[int] = set()  # items whose image failed to load (skipped from then on)
         self.stats = LlavaLoadStats()
         self._scan(verify_images)
 
@@ -276,7 +342,7 @@ class LlavaConversations(Dataset):
             if verify_images:
                 try:
                     with Image.open(full) as handle:
-                        handle.verify()
+                        handle.load()  # a full decode: verify() misses truncated files
                 except Exception as error:  # PIL raises many types for broken files
                     self._bad("unreadable_image", record_id, f"cannot read {full}: {error}")
                     return
@@ -292,6 +358,31 @@ class LlavaConversations(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``; if its image cannot be read, the next readable one (see the module doc)."""
+        count = len(self.items)
+        index = int(index)
+        if not -count <= index < count:
+            raise IndexError(f"index {index} out of range for {count} samples")
+        for step in range(count):
+            current = (index + step) % count
+            if current in self._unreadable:
+                continue
+            try:
+                return self._sample(current)
+            except ImageLoadError as error:
+                if self.on_error == "raise":
+                    raise
+                self._unreadable.add(current)
+                self.stats.note("unreadable_image", self.items[current][2], str(error))
+                logger.warning(
+                    "%s: skipping an unreadable image (%d so far in this process): %s",
+                    self.json_path,
+                    len(self._unreadable),
+                    error,
+                )
+        raise ImageLoadError(f"{self.json_path}: no sample has a readable image")
+
+    def _sample(self, index: int) -> Sample:
         row, k, sample_id, path = self.items[index]
         conversations = self._row(row)["conversations"]
         question = strip_image_tag(conversations[2 * k]["value"])
