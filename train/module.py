@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from textvision.pruning.selection import grounding_loss, kept_target_rate
-from textvision.vlm.model import TextAwareVLM
+from textvision.vlm.model import TextAwareVLM, choose_options
 
 __all__ = ["TextVisionModule", "evaluation_metrics"]
 
@@ -186,10 +187,11 @@ class TextVisionModule(LightningModule):
             scores = lm.score(
                 visual, batch["prompt"], batch["options"], length_normalize=self.vlm.length_normalize
             )
-            pred = scores.argmax(-1)
+            pred = choose_options(scores, [len(o) for o in batch["options"]])  # -1: broken scores
             keep = has_options & (labels >= 0)
             rec = self._records[f"{stage}/{name}"]
             rec["correct"].append((pred == labels)[keep].cpu())
+            rec["invalid"].append((pred < 0)[keep].cpu())
             rec["num_options"].append(torch.tensor([len(o) for o in batch["options"]])[keep.cpu()])
             rec["pair_id"].append(pair_ids[keep].cpu())
             rec["category"].append(self._category_ids(batch.get("category"), size)[keep.cpu()])
@@ -240,6 +242,16 @@ class TextVisionModule(LightningModule):
                 self._gather(rec["num_options"]).long(),
                 self._gather(rec["pair_id"]).long(),
             )
+            if rec["invalid"]:
+                # items whose option scores were NaN/inf: counted as wrong, never as an answer
+                invalid = self._gather(rec["invalid"]).bool()
+                metrics["n_invalid"] = int(invalid.sum())
+                metrics["invalid"] = invalid.double().mean().item() if invalid.numel() else 0.0
+                if metrics["n_invalid"]:
+                    rank_zero_warn(
+                        f"{stage}/{name}: {metrics['n_invalid']} of {invalid.numel()} items had NaN/inf "
+                        "option scores; they are counted as wrong (metric 'invalid')"
+                    )
             if rec["exact_match"]:
                 metrics["exact_match"] = self._gather(rec["exact_match"]).double().mean().item()
             if rec["kept_target"]:
@@ -294,10 +306,11 @@ class TextVisionModule(LightningModule):
         replies = lm.generate(visual, batch["prompt"], max_new_tokens=self.hparams.max_new_tokens)
         preds: list[int | None] = [None] * len(replies)
         if any(batch["options"]):
-            preds = lm.score(visual, batch["prompt"], batch["options"]).argmax(-1).tolist()
+            scores = lm.score(visual, batch["prompt"], batch["options"])
+            preds = choose_options(scores, [len(o) for o in batch["options"]]).tolist()
         ids = batch.get("id", [str(i) for i in range(len(replies))])
         return [
-            {"id": i, "reply": r, "option": (opts[p] if opts and p is not None else None)}
+            {"id": i, "reply": r, "option": (opts[p] if opts and p is not None and p >= 0 else None)}
             for i, r, p, opts in zip(ids, replies, preds, batch["options"], strict=True)
         ]
 

@@ -29,7 +29,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BlockView", "CheckpointMismatchError", "LoadReport", "VisionBackbone", "read_state_dict"]
+__all__ = [
+    "BlockView",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "VisionBackbone",
+    "check_pixels",
+    "read_state_dict",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -88,6 +95,55 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if state and all(key.startswith("module.") for key in state):
         state = {key[len("module.") :]: value for key, value in state.items()}
     return dict(state)
+
+
+#: slack above 1 / below 0 for pixel values (rounding in resizes and half precision)
+PIXEL_TOLERANCE = 1e-3
+
+
+def check_pixels(images: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Check encoder input and return it in ``dtype`` (when given): ``(B, 3, H, W)``, floating
+    point, finite, in [0, 1].
+
+    Half, bfloat16 and double images are accepted and cast (values in [0, 1] lose nothing that
+    matters); integer images are refused (``uint8`` needs ``/ 255``). The error names the batch
+    positions at fault, so a bad file in a batch can be found.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf values, or values outside [0, 1] (0–255 floats, or images
+            already normalised with a mean and std).
+        TypeError: integer or boolean images.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must be (B, 3, H, W) RGB floats in [0, 1], got shape {tuple(images.shape)}; "
+            "convert grayscale/RGBA/16-bit images with textvision.data.images.to_rgb_tensor"
+        )
+    if not images.is_floating_point():
+        hint = " (uint8 pixels: images.float() / 255)" if images.dtype == torch.uint8 else ""
+        raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}{hint}")
+    nonfinite = ~torch.isfinite(images)
+    outside = (images < -PIXEL_TOLERANCE) | (images > 1 + PIXEL_TOLERANCE)
+    bad = (nonfinite | outside).flatten(1).any(1)
+    if bool(bad.any()):  # one device sync per batch
+        positions = bad.nonzero().flatten().tolist()
+        shown = ", ".join(f"images[{i}]" for i in positions[:8]) + (" …" if len(positions) > 8 else "")
+        first = positions[0]
+        count = int(nonfinite[first].sum())
+        if count:
+            raise ValueError(
+                f"{shown}: {len(positions)} of {len(images)} images hold NaN/inf pixels "
+                f"(images[{first}]: {count} values); check the file or the transform that made them"
+            )
+        lo, hi = images[first].min().item(), images[first].max().item()
+        raise ValueError(
+            f"{shown}: pixels must be floats in [0, 1], images[{first}] spans [{lo:.4g}, {hi:.4g}] "
+            "(0-255 values need / 255; images already normalised with a mean/std must not be: the "
+            "backbone normalises itself)"
+        )
+    if dtype is not None and images.dtype != dtype:
+        images = images.to(dtype)
+    return images
 
 
 class BlockView(ABC):
@@ -174,14 +230,10 @@ class VisionBackbone(nn.Module, ABC):
         return (self.grid_size[0] * self.patch_size[0], self.grid_size[1] * self.patch_size[1])
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] → the model's input statistics."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"images must be (B, 3, H, W) RGB floats in [0, 1], got shape {tuple(images.shape)}; "
-                "convert grayscale/RGBA/16-bit images with textvision.data.images.to_rgb_tensor"
-            )
-        if not images.is_floating_point():
-            raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
+        """``(B, 3, H, W)`` in [0, 1] → the model's input statistics, in the weights' dtype
+        (:func:`check_pixels`: finite floats in [0, 1], or a clear error naming the batch position)."""
+        weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        images = check_pixels(images, dtype=None if weight is None else weight.dtype)
         return (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
 
     def patch_grid(self, images: torch.Tensor) -> tuple[int, int]:

@@ -17,14 +17,33 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
+from textvision.vision.backbone import VisionBackbone, check_pixels
 from textvision.vlm.language_model import LanguageModel
 from textvision.vlm.projector import build_projector
 
-__all__ = ["TextAwareVLM", "VisualEncoder"]
+__all__ = ["TextAwareVLM", "VisualEncoder", "choose_options"]
 
 log = logging.getLogger(__name__)
+
+
+def choose_options(scores: Tensor, num_options: Sequence[int]) -> Tensor:
+    """``(B,)`` index of each item's highest-scoring option (the first on a tie), or ``-1``.
+
+    ``-1`` (no answer) where an item has no options, where any of its option scores is NaN or
+    ``+inf``, or where none is finite: a broken score is never turned into an answer (``argmax``
+    of a row holding NaN returns the NaN's position). ``scores`` is ``(B, max_options)``;
+    columns past an item's ``num_options`` are ignored.
+    """
+    counts = torch.as_tensor(list(num_options), device=scores.device).view(-1, 1)
+    real = torch.arange(scores.shape[-1], device=scores.device).view(1, -1) < counts
+    broken = ((torch.isnan(scores) | torch.isposinf(scores)) & real).any(-1)
+    some_finite = (torch.isfinite(scores) & real).any(-1)
+    ranked = scores.nan_to_num(nan=float("-inf")).masked_fill(~real, float("-inf"))
+    pred = ranked.argmax(-1)
+    return torch.where(some_finite & ~broken, pred, torch.full_like(pred, -1))
 
 
 @runtime_checkable
@@ -154,9 +173,18 @@ class TextAwareVLM(nn.Module):
 
     # ------------------------------------------------------------------ forward paths
     def encode(self, images: Tensor, instructions: Sequence[str]) -> tuple[Tensor, Any]:
-        """Visual tokens in LM width (B, M, H) and the encoder's full output."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        """Visual tokens in LM width (B, M, H) and the encoder's full output.
+
+        ``images`` must be finite floats in [0, 1] (:func:`~textvision.vision.backbone.check_pixels`;
+        half/double are cast to the encoder's dtype).
+        """
+        if isinstance(getattr(self.encoder, "backbone", None), VisionBackbone):
+            # the backbone checks (and casts) the pixels itself, once, before its patch embedding
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        else:
+            weight = next((p for p in self.encoder.parameters() if p.is_floating_point()), None)
+            images = check_pixels(images, dtype=None if weight is None else weight.dtype)
         if len(instructions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(instructions)} instructions")
         out = self.encoder(images, list(instructions))
