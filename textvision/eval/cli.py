@@ -16,8 +16,9 @@ Examples::
         --open-clip-model ViT-L-14 --open-clip-pretrained openai --out results/eval
 
 ``main(argv, model=...)`` evaluates an in-memory model instead of a checkpoint (tests, notebooks)
-and raises on bad input; ``cli_main(argv)`` (the command) prints the error in one line and
-returns exit code 2.
+and raises on bad input; ``cli_main(argv)`` (the command) prints every failure — a bad argument,
+a missing, corrupt or refused checkpoint, bad data — in one line and returns exit code 2 (set
+``TEXTVISION_TRACEBACK=1`` for the traceback instead).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,8 +45,15 @@ log = logging.getLogger(__name__)
 _IMAGE_SIZE_PATHS = ("image_size", "encoder.image_size", "encoder.backbone.image_size", "visual.image_size")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (argparse prints the whole usage first), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="textvision eval",
         description="Evaluate a checkpoint on MMVP, MMVP-VLM, MagnifierBench or a synthetic set.",
     )
@@ -98,7 +107,10 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     from textvision.train.module import TextVisionModule  # lazy: training stack only when needed
 
-    module = TextVisionModule.load_from_checkpoint(str(path), map_location="cpu")
+    try:
+        module = TextVisionModule.load_from_checkpoint(str(path), map_location="cpu")
+    except Exception as error:  # corrupt file, foreign checkpoint, weights that do not fit
+        raise ValueError(f"cannot load checkpoint {path}: {_one_line(error)}") from error
     vlm = module.vlm.to(device).eval()
     return vlm, json.loads(json.dumps(dict(module.hparams), default=str))
 
@@ -184,15 +196,29 @@ def main(argv: Sequence[str] | None = None, *, model: Any = None) -> dict[str, A
     return result
 
 
-def cli_main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: :func:`main` with data/checkpoint errors printed as one line, exit code 2."""
-    from textvision.data.images import ImageLoadError
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    known = (FileNotFoundError, ImportError, ValueError, TypeError)
+    return text if isinstance(error, known) else f"{type(error).__name__}: {text}"
 
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: :func:`main` with every failure printed as one line, exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main(argv)
-    except (FileNotFoundError, ImageLoadError, ImportError, ValueError, TypeError) as error:
-        print(f"textvision eval: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("textvision eval: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # main's own refusals
+            print(f"textvision eval: error: {stop.code}", file=sys.stderr)
+            return 2
+        return int(stop.code or 0)  # argparse: its one line is printed; --help: 0
+    except Exception as error:
+        if os.environ.get("TEXTVISION_TRACEBACK"):
+            raise
+        print(f"textvision eval: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
