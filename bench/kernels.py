@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from textvision.bench.cost_model import H100_SXM, Cost, cross_attention_cost, mutual_attention_cost
 from textvision.kernels import cross_attention, mutual_attention
-from textvision.kernels.triton_common import tiles_for
+from textvision.kernels.attention_forward import MIN_BLOCK_M
 
 __all__ = ["Shape", "main", "relevance_extra_bytes_triton"]
 
@@ -192,11 +192,14 @@ def relevance_extra_bytes_triton(shape: Shape, dtype: torch.dtype = torch.bfloat
     - ``fused`` (one program per (b, h), used when B·H fills the GPU): the per-head float32
       partials ``B·H·N · 4`` and ``rel`` ``B·N · 4``.
     - ``two_pass`` (tiled forward + relevance pass): the forward's per-tile column (max, sum),
-      ``2 · B·H·cdiv(N, tile_m)·T · 4``, and ``rel`` ``B·N · 4``.
+      ``2 · B·H·cdiv(N, MIN_BLOCK_M)·T · 4`` (allocated for the smallest query tile of the
+      autotune sweep), the per-head partials and ``rel``.
     """
+    del dtype  # the relevance buffers are float32 whatever the input dtype
     B, H, N, T = shape.batch, shape.heads, shape.n_img, shape.n_text
-    tiles = math.ceil(N / tiles_for(dtype, shape.head_dim).m)
-    return {"fused": B * H * N * 4 + B * N * 4, "two_pass": 2 * B * H * tiles * T * 4 + B * N * 4}
+    tiles = math.ceil(N / MIN_BLOCK_M)
+    partials = B * H * N * 4 + B * N * 4
+    return {"fused": partials, "two_pass": 2 * B * H * tiles * T * 4 + partials}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,14 +220,14 @@ def _inputs(shape: Shape, device: str, dtype: torch.dtype, generator: torch.Gene
 
 def _fwd_bwd(fn, leaves):
     """A callable running ``fn`` forward and backward with a fixed random upstream gradient."""
-    outputs = fn(*leaves)
-    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    upstream = [torch.randn_like(o) for o in outputs]
+    def tensors(outputs):  # our kernels return NamedTuples whose `rel` is None here
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return [o for o in outputs if o is not None]
+
+    upstream = [torch.randn_like(o) for o in tensors(fn(*leaves))]
 
     def run():
-        outs = fn(*leaves)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        torch.autograd.backward(list(outs), upstream)
+        torch.autograd.backward(tensors(fn(*leaves)), upstream)
 
     return run
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .outputs import CrossAttentionOutput
+
 __all__ = ["cross_attention_reference", "masked_softmax_attention"]
 
 
@@ -59,7 +61,7 @@ def cross_attention_reference(
     *,
     scale: float | None = None,
     return_relevance: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> CrossAttentionOutput:
     """Cross-attention of image queries over padded text keys, and the instruction relevance.
 
     ``o = softmax(q kᵀ·scale, masked) v``; a query row with no valid key gives 0.
@@ -73,7 +75,10 @@ def cross_attention_reference(
         k, v: text keys/values ``(B, H, T, D)``.
         key_padding_mask: ``(B, T)`` bool, True = real token; None = all real.
         scale: defaults to ``D ** -0.5``.
-        return_relevance: also return ``rel`` ``(B, N)`` float32, detached.
+        return_relevance: also compute ``rel`` ``(B, N)`` float32, detached.
+
+    Returns:
+        :class:`CrossAttentionOutput` ``(o, rel)``, ``rel`` None unless ``return_relevance``.
     """
     B, H, N, D = q.shape
     T = k.shape[2]
@@ -84,11 +89,11 @@ def cross_attention_reference(
     o, _, s = masked_softmax_attention(q.to(dtype), k.to(dtype), v.to(dtype), key_padding_mask, scale)
     o = o.to(q.dtype)
     if not return_relevance:
-        return o
+        return CrossAttentionOutput(o)
     with torch.no_grad():
         # Softmax over the IMAGE axis (dim -2) for every text column.
         column_p = torch.softmax(s.detach().float(), dim=-2) if N > 0 else s.detach().float()
         valid = key_padding_mask[:, None, None, :].to(column_p.dtype)
         n_valid = key_padding_mask.sum(dim=-1).to(torch.float32)
         rel = (column_p * valid).sum(dim=(1, 3)) / (H * n_valid).clamp_min(1.0)[:, None]
-    return o, rel.to(torch.float32)
+    return CrossAttentionOutput(o, rel.to(torch.float32))

@@ -7,14 +7,19 @@ Triton's interpreter (how CI tests them); without it they need CUDA tensors.
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
-import warnings
 
 import torch
 
 from .input_checks import check_triton_support
 
-__all__ = ["BACKENDS", "INTERPRETED", "resolve_backend", "use_triton"]
+__all__ = ["BACKENDS", "FALLBACKS", "INTERPRETED", "resolve_backend", "use_triton"]
+
+logger = logging.getLogger(__name__)
+# How often `auto` fell back to the reference on CUDA tensors, per reason (process-wide).
+FALLBACKS: collections.Counter[str] = collections.Counter()
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -46,8 +51,10 @@ def use_triton(backend: str, tensors: dict[str, torch.Tensor]) -> bool:
     """Whether to run the Triton kernels for these (already validated) inputs.
 
     With ``backend="triton"`` an unsupported dtype or head dim raises (naming the argument); with
-    ``"auto"`` it falls back to the PyTorch reference with a warning, so that e.g. a ViT with head
-    dim 80 still runs on the GPU, slowly, instead of failing.
+    ``"auto"`` it falls back to the PyTorch reference, so that e.g. a float64 model or a head dim
+    above 128 still runs on the GPU, slowly, instead of failing. Every such fallback is counted
+    in :data:`FALLBACKS` and logged: a warning the first time for each reason, then at debug
+    level (a training loop would otherwise log it at every block of every step).
     """
     first = next(iter(tensors.values()))
     if resolve_backend(backend, first.device) != "triton":
@@ -58,6 +65,10 @@ def use_triton(backend: str, tensors: dict[str, torch.Tensor]) -> bool:
     except (TypeError, ValueError) as error:
         if backend == "triton":
             raise
-        warnings.warn(f"backend='auto' uses the PyTorch reference: {error}", stacklevel=3)
+        reason = str(error)
+        FALLBACKS[reason] += 1
+        level = logging.WARNING if FALLBACKS[reason] == 1 else logging.DEBUG
+        logger.log(level, "backend='auto' falls back to the PyTorch reference on %s: %s (%d calls so far)",
+                   first.device, reason, FALLBACKS[reason])
         return False
     return True

@@ -11,16 +11,16 @@ import math
 import torch
 
 __all__ = [
+    "MAX_TRITON_HEAD_DIM",
     "TRITON_DTYPES",
-    "TRITON_HEAD_DIMS",
     "check_attention_inputs",
     "check_scale",
     "check_triton_support",
 ]
 
-# Head dims the Triton kernels compile for: `tl.arange` needs a power of two and `tl.dot` on the
-# GPU needs every dimension >= 16.
-TRITON_HEAD_DIMS = (16, 32, 64, 128)
+# Head dims the Triton kernels run: any D up to 128, padded inside the kernels to the next power
+# of two >= 16 with a column mask (`tl.arange` needs a power of two, `tl.dot` on the GPU >= 16).
+MAX_TRITON_HEAD_DIM = 128
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REFERENCE_DTYPES = (*TRITON_DTYPES, torch.float64)
 
@@ -114,8 +114,8 @@ def check_triton_support(name: str, x: torch.Tensor) -> None:
             f"`{name}` has dtype {x.dtype}; the Triton kernels support float16, bfloat16 and float32 "
             "(use backend='torch' for float64)"
         )
-    if x.shape[-1] not in TRITON_HEAD_DIMS:
+    if x.shape[-1] > MAX_TRITON_HEAD_DIM:
         raise ValueError(
             f"head dim {x.shape[-1]} of `{name}` is not supported by the Triton kernels "
-            f"(supported: {TRITON_HEAD_DIMS}); use backend='torch' or pad the head dim"
+            f"(supported: 1 to {MAX_TRITON_HEAD_DIM}); use backend='torch'"
         )

@@ -1,6 +1,6 @@
 """Fused modality-mutual attention over two K/V sources, with instruction relevance.
 
-``o_img, o_txt[, rel] = mutual_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, text_mask, *,
+``o_img, o_txt, rel = mutual_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, text_mask, *,
 scale=None, return_relevance=False, backend="auto")`` — see :func:`mutual_attention`.
 """
 
@@ -13,6 +13,7 @@ from .attention_forward import attention_forward
 from .dispatch import use_triton
 from .input_checks import check_attention_inputs, check_scale
 from .mutual_attention_reference import mutual_attention_reference
+from .outputs import MutualAttentionOutput
 from .relevance import text_to_image_relevance
 from .triton_common import last_dim_contiguous
 
@@ -23,21 +24,29 @@ class _MutualAttentionFunction(torch.autograd.Function):
     """Triton forward (+ relevance pass) and backward of :func:`mutual_attention`.
 
     Forward: two launches of the shared kernel, image queries and text queries, each walking text
-    keys then image keys with one running softmax state. Backward: ``delta`` for both query sets,
-    ``dq`` for both, and ``dk``/``dv`` for both key sources summed over image and text queries.
+    keys then image keys with one running softmax state; the row LSEs are written only when a
+    gradient (or, for the text queries, relevance) needs them. Backward: ``delta`` for both
+    query sets, ``dq`` for both, and ``dk``/``dv`` for both key sources summed over image and
+    text queries.
     """
 
     @staticmethod
-    def forward(ctx, q_img, k_img, v_img, q_txt, k_txt, v_txt, mask, scale, return_relevance):
+    def forward(ctx, q_img, k_img, v_img, q_txt, k_txt, v_txt, mask, scale, return_relevance, need_grad):
         kv = (k_txt, v_txt, k_img, v_img)
-        o_img, lse_img, _ = attention_forward(q_img, *kv, mask, scale, query_is_text=False)
-        o_txt, lse_txt, _ = attention_forward(q_txt, *kv, mask, scale, query_is_text=True)
+        o_img, lse_img, _ = attention_forward(
+            q_img, *kv, mask, scale, query_is_text=False, store_lse=need_grad
+        )
+        o_txt, lse_txt, _ = attention_forward(
+            q_txt, *kv, mask, scale, query_is_text=True, store_lse=need_grad or return_relevance
+        )
+        rel = None
         if return_relevance:
             rel = text_to_image_relevance(k_img, q_txt, mask, scale, text_lse=lse_txt)
-        else:
-            rel = o_img.new_empty((0,), dtype=torch.float32)
-        ctx.mark_non_differentiable(rel)
-        ctx.save_for_backward(q_img, k_img, v_img, q_txt, k_txt, v_txt, o_img, o_txt, lse_img, lse_txt, mask)
+            ctx.mark_non_differentiable(rel)
+        if need_grad:
+            ctx.save_for_backward(
+                q_img, k_img, v_img, q_txt, k_txt, v_txt, o_img, o_txt, lse_img, lse_txt, mask
+            )
         ctx.scale = scale
         return o_img, o_txt, rel
 
@@ -64,7 +73,7 @@ class _MutualAttentionFunction(torch.autograd.Function):
         dk_txt, dv_txt = attention_backward_dkdv(
             k_txt, v_txt, image_queries, text_queries, mask, scale, key_is_text=True
         )
-        return dq_img, dk_img, dv_img, dq_txt, dk_txt, dv_txt, None, None, None
+        return dq_img, dk_img, dv_img, dq_txt, dk_txt, dv_txt, None, None, None, None
 
 
 def mutual_attention(
@@ -79,7 +88,7 @@ def mutual_attention(
     scale: float | None = None,
     return_relevance: bool = False,
     backend: str = "auto",
-) -> tuple[torch.Tensor, ...]:
+) -> MutualAttentionOutput:
     """Modality-mutual attention: one softmax over image and valid text keys, both directions.
 
     Image queries attend over ``[image keys ; valid text keys]``, text queries over
@@ -99,8 +108,9 @@ def mutual_attention(
             ``"triton"`` or ``"torch"``.
 
     Returns:
-        ``(o_img (B, H, N, D), o_txt (B, H, T, D)[, rel (B, N)])``; padded text query rows of
-        ``o_txt`` are 0. Differentiable in all six inputs.
+        :class:`MutualAttentionOutput` ``(o_img (B, H, N, D), o_txt (B, H, T, D), rel (B, N) or
+        None)``; padded text query rows of ``o_txt`` are 0. On the Triton path the outputs are
+        in the stride order of ``q_img`` / ``q_txt``. Differentiable in all six inputs.
     """
     named = {"q_img": q_img, "k_img": k_img, "v_img": v_img, "q_txt": q_txt, "k_txt": k_txt, "v_txt": v_txt}
     check_attention_inputs(
@@ -113,10 +123,11 @@ def mutual_attention(
     if use_triton(backend, named):
         if min(q_img.shape) > 0 and q_txt.shape[2] > 0:
             mask = None if text_mask is None else text_mask.contiguous()
-            *outputs, rel = _MutualAttentionFunction.apply(
-                *(last_dim_contiguous(x) for x in named.values()), mask, scale, return_relevance
+            need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in named.values())
+            o_img, o_txt, rel = _MutualAttentionFunction.apply(
+                *(last_dim_contiguous(x) for x in named.values()), mask, scale, return_relevance, need_grad
             )
-            return (*outputs, rel) if return_relevance else tuple(outputs)
+            return MutualAttentionOutput(o_img, o_txt, rel)
         # Empty inputs (no image or no text tokens): the reference gives the right result.
     return mutual_attention_reference(
         q_img, k_img, v_img, q_txt, k_txt, v_txt, text_mask, scale=scale, return_relevance=return_relevance

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .cross_attention_reference import _compute_dtype, masked_softmax_attention
+from .outputs import MutualAttentionOutput
 
 __all__ = ["mutual_attention_reference"]
 
@@ -25,7 +26,7 @@ def mutual_attention_reference(
     *,
     scale: float | None = None,
     return_relevance: bool = False,
-) -> tuple[torch.Tensor, ...]:
+) -> MutualAttentionOutput:
     """Modality-mutual attention (AKI, arXiv:2503.02597, made bidirectional).
 
     Image queries attend over ``[image keys ; valid text keys]`` and text queries over
@@ -38,10 +39,11 @@ def mutual_attention_reference(
         q_txt, k_txt, v_txt: ``(B, H, T, D)``.
         text_mask: ``(B, T)`` bool, True = real token; None = all real.
         scale: defaults to ``D ** -0.5``.
-        return_relevance: also return ``rel`` ``(B, N)`` float32, detached.
+        return_relevance: also compute ``rel`` ``(B, N)`` float32, detached.
 
     Returns:
-        ``(o_img (B, H, N, D), o_txt (B, H, T, D)[, rel (B, N)])``.
+        :class:`MutualAttentionOutput` ``(o_img (B, H, N, D), o_txt (B, H, T, D), rel (B, N) or
+        None)``.
     """
     B, H, N, D = q_img.shape
     T = q_txt.shape[2]
@@ -61,9 +63,9 @@ def mutual_attention_reference(
     o_txt = o[:, :, N:] * query_valid  # padded text query rows give 0
     outputs = (o_img.to(q_img.dtype), o_txt.to(q_txt.dtype))
     if not return_relevance:
-        return outputs
+        return MutualAttentionOutput(*outputs)
     with torch.no_grad():
         p_img_keys = p.detach()[:, :, N:, :N].float() * query_valid  # text queries → image keys (B, H, T, N)
         n_valid = text_mask.sum(dim=-1).to(torch.float32)
         rel = p_img_keys.sum(dim=(1, 2)) / (H * n_valid).clamp_min(1.0)[:, None]
-    return (*outputs, rel.to(torch.float32))
+    return MutualAttentionOutput(*outputs, rel.to(torch.float32))

@@ -17,11 +17,12 @@ def test_relevance_extra_bytes_match_the_launchers(monkeypatch, fused):
     monkeypatch.setattr(module, "FUSED_RELEVANCE", fused)
     allocated = []
 
-    def recording_empty(shape, *, dtype, device):
+    def recording_empty_strided(shape, stride, *, dtype, device):
         allocated.append(torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size())
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        buffer = torch.empty_strided(tuple(shape), tuple(stride), dtype=dtype, device=device)
+        return buffer.fill_(float("nan"))
 
-    monkeypatch.setattr(output_buffers, "empty", recording_empty)
+    monkeypatch.setattr(output_buffers, "empty_strided", recording_empty_strided)
     shape = Shape("tiny", batch=2, heads=3, n_img=70, n_text=9, head_dim=32)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 32, generator=g) for n in (70, 9, 9))

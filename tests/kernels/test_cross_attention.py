@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from textvision.kernels import cross_attention, dispatch, triton_common
+from textvision.kernels import CrossAttentionOutput, cross_attention, dispatch, triton_common
 from textvision.kernels.cross_attention_reference import masked_softmax_attention
 
 
@@ -127,18 +127,19 @@ def test_cross_attention_streams_long_text_in_tiles(monkeypatch):
 
 def test_cross_attention_bfloat16_and_no_mask():
     q, k, v, _, _ = _inputs(2, 2, 19, 5, 16, torch.bfloat16, seed=7)
-    o = cross_attention(q, k, v, backend="triton")
+    o = cross_attention(q, k, v, backend="triton").o
     assert o.dtype == torch.bfloat16
-    ref = cross_attention(q.double(), k.double(), v.double(), backend="torch")
+    ref = cross_attention(q.double(), k.double(), v.double(), backend="torch").o
     torch.testing.assert_close(o.double(), ref, rtol=2e-2, atol=2e-2)
 
 
 def test_triton_and_torch_backends_agree_without_relevance():
     q, k, v, mask, _ = _inputs(2, 3, 30, 6, 64, torch.float32, seed=8)
-    o_triton = cross_attention(q, k, v, mask, backend="triton")
+    result = cross_attention(q, k, v, mask, backend="triton")
+    assert isinstance(result, CrossAttentionOutput) and result.rel is None
     o_torch = cross_attention(q, k, v, mask, backend="torch")
-    assert isinstance(o_triton, torch.Tensor)
-    torch.testing.assert_close(o_triton, o_torch, rtol=1e-5, atol=1e-6)
+    assert isinstance(o_torch, CrossAttentionOutput) and o_torch.rel is None
+    torch.testing.assert_close(result.o, o_torch.o, rtol=1e-5, atol=1e-6)
 
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
@@ -147,8 +148,8 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         cross_attention(q, k, v, mask, backend="triton")
     # auto on CPU picks the reference.
-    expected = cross_attention(q, k, v, mask, backend="torch")
-    torch.testing.assert_close(cross_attention(q, k, v, mask), expected)
+    expected = cross_attention(q, k, v, mask, backend="torch").o
+    torch.testing.assert_close(cross_attention(q, k, v, mask).o, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

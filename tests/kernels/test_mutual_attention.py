@@ -102,7 +102,8 @@ def test_mutual_attention_matches_float64_reference(B, H, N, T, D, dtype):
 def test_mutual_attention_equals_sdpa_on_the_concatenated_sequence():
     B, H, N, T, D = 2, 2, 45, 11, 64
     xs, mask, _ = _inputs(B, H, N, T, D, torch.float32, seed=11)
-    o_img, o_txt = mutual_attention(*xs, mask, scale=0.1, backend="triton")
+    o_img, o_txt, rel = mutual_attention(*xs, mask, scale=0.1, backend="triton")
+    assert rel is None
     q, k, v = (torch.cat([xs[i], xs[i + 3]], 2) for i in range(3))
     key_valid = torch.cat([torch.ones(B, N, dtype=torch.bool), mask], 1)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :], scale=0.1)

@@ -60,11 +60,10 @@ class AdapterCrossAttention(Fusion):
         relevance: list[torch.Tensor] = []
 
         def text_heads(q: torch.Tensor) -> torch.Tensor:
-            result = cross_attention(
+            result, rel = cross_attention(
                 q, k, v, text_mask, scale=block.scale, return_relevance=need_relevance, backend=self.backend
             )
-            if need_relevance:
-                result, rel = result
+            if rel is not None:
                 relevance.append(rel)
             return torch.tanh(self.gate).view(1, -1, 1, 1).to(result.dtype) * result
 

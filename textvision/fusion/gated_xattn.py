@@ -52,8 +52,10 @@ class GatedCrossAttention(Fusion):
         k, v = rearrange(
             self.to_kv(self.norm_text(text)), "b t (two h d) -> two b h t d", two=2, h=self.num_heads
         )
-        result = cross_attention(q, k, v, text_mask, return_relevance=need_relevance, backend=self.backend)
-        o, relevance = result if need_relevance else (result, None)
+        o, relevance = cross_attention(
+            q, k, v, text_mask, return_relevance=need_relevance, backend=self.backend
+        )
+        # The Triton kernel writes o in q's stride order, (b, n, h, d): this reshape is a view.
         o = rearrange(o, "b h n d -> (b n) (h d)")
         # x + tanh(g) · proj(o) as ONE fused multiply-add with the gate folded into the (D, D)
         # weight rather than the (B, N, D) activations: exact at g = 0 (x + o·0 = x).

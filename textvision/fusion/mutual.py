@@ -60,7 +60,9 @@ class MutualAttentionFusion(Fusion):
         a_self = block.attention_residual(x)
         q, k, v = block.qkv(block.norm_attn(x))
         q_txt, k_txt, v_txt = block.qkv(self.norm_text(text))
-        result = mutual_attention(
+        # The Triton kernel writes o_img/o_txt in the stride order of q/q_txt, (b, n, h, d), so
+        # the output projections' (B, N, H·D) reshapes below are views.
+        o_img, o_txt, relevance = mutual_attention(
             q,
             k,
             v,
@@ -72,9 +74,8 @@ class MutualAttentionFusion(Fusion):
             return_relevance=need_relevance,
             backend=self.backend,
         )
-        o_img, o_txt = result[0], result[1]
         a_mutual = block.attention_output(o_img)
         x = x + a_self
         x = x + torch.tanh(self.gate) * (a_mutual - a_self)
         text = text + torch.tanh(self.text_gate) * self.text_proj(rearrange(o_txt, "b h t d -> b t (h d)"))
-        return FusionOutput(x, text, result[2] if need_relevance else None)
+        return FusionOutput(x, text, relevance)
