@@ -178,7 +178,7 @@ def _dq_kernel(
             valid = row_valid[:, None] & key_in[None, :]
             dq = _dq_step(dq, q, do, lse, delta, k, v, valid, qk_scale, PRECISION)
     store_rows(DQ + b * stride_dqb + h * stride_dqh, offs_m, stride_dqn, offs_d, dq * sm_scale, row_in,
-               HEAD_DIM, EVEN_D)
+               HEAD_DIM, EVEN_D, UPCAST)
 
 
 @triton.jit
@@ -265,8 +265,8 @@ def _dkdv_kernel(
 
     dk_base = DK + b * stride_dkb + h * stride_dkh
     dv_base = DV + b * stride_dvb + h * stride_dvh
-    store_rows(dk_base, offs_k, stride_dkn, offs_d, dk * sm_scale, key_in, HEAD_DIM, EVEN_D)
-    store_rows(dv_base, offs_k, stride_dvn, offs_d, dv, key_in, HEAD_DIM, EVEN_D)
+    store_rows(dk_base, offs_k, stride_dkn, offs_d, dk * sm_scale, key_in, HEAD_DIM, EVEN_D, UPCAST)
+    store_rows(dv_base, offs_k, stride_dvn, offs_d, dv, key_in, HEAD_DIM, EVEN_D, UPCAST)
 
 
 def attention_backward_delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:

@@ -171,7 +171,7 @@ def _attention_fwd_kernel(
     empty_row = l_i == 0.0
     l_safe = tl.where(empty_row, 1.0, l_i)
     store_rows(OUT + b * stride_ob + h * stride_oh, offs_m, stride_on, offs_d, acc / l_safe[:, None], row_in,
-               HEAD_DIM, EVEN_D)
+               HEAD_DIM, EVEN_D, UPCAST)
     if STORE_LSE:
         lse = tl.where(empty_row, float("inf"), m_i + tl.log2(l_safe))
         tl.store(LSE + pid_bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_in)

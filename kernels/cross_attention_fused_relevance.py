@@ -114,7 +114,7 @@ def _cross_fwd_relevance_kernel(
         l_safe = tl.where(empty_row, 1.0, row_sum)
         v = load_rows(v_base, offs_t, stride_vn, offs_d, key_valid, HEAD_DIM, EVEN_D, UPCAST)
         o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / l_safe[:, None]
-        store_rows(o_base, offs_m, stride_on, offs_d, o, row_in, HEAD_DIM, EVEN_D)
+        store_rows(o_base, offs_m, stride_on, offs_d, o, row_in, HEAD_DIM, EVEN_D, UPCAST)
         if STORE_LSE:
             lse = tl.where(empty_row, float("inf"), m + tl.log2(l_safe))
             tl.store(LSE + row_base + offs_m, lse, mask=row_in)

@@ -349,10 +349,23 @@ def load_rows(base, offs_rows, stride_row, offs_d, row_mask, HEAD_DIM: tl.conste
 
 
 @triton.jit
+def _round_to_bfloat16(x):
+    """Round float32 ``x`` to the nearest bfloat16 value, ties to even, staying float32: the
+    interpreter converts float32 to bfloat16 by truncation (the GPU rounds to nearest), so
+    interpreted bfloat16 outputs are rounded here first and their conversion becomes exact."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def store_rows(base, offs_rows, stride_row, offs_d, x, row_mask, HEAD_DIM: tl.constexpr,
-               EVEN_D: tl.constexpr):
-    """Store a ``(rows, BLOCK_D)`` tile, converted to the buffer's dtype, skipping padded columns."""
+               EVEN_D: tl.constexpr, UPCAST: tl.constexpr):
+    """Store a ``(rows, BLOCK_D)`` tile, converted to the buffer's dtype, skipping padded columns
+    (``UPCAST``: interpreted bfloat16, rounded to nearest first)."""
     mask = _row_col_mask(row_mask, offs_d, HEAD_DIM, EVEN_D)
+    if UPCAST:
+        x = _round_to_bfloat16(x.to(tl.float32))
     tl.store(base + offs_rows[:, None] * stride_row + offs_d[None, :], x.to(base.dtype.element_ty), mask=mask)
 
 

@@ -265,6 +265,21 @@ def test_forced_config_must_be_one_of_the_sweep():
             pass
 
 
+def test_interpreted_bfloat16_outputs_are_rounded_to_nearest():
+    """The interpreter truncates float32 -> bfloat16; the kernels round first, as the GPU does."""
+    g = torch.Generator().manual_seed(11)
+    B, H, N, T, D = 2, 2, 40, 7, 32
+    q, k, v = (torch.randn(B, H, n, D, generator=g).to(torch.bfloat16) for n in (N, T, T))
+    mask = _mask(B, T, g)
+    o = cross_attention(q, k, v, mask, backend="triton").o
+    # The same math in float32 (inputs are exact bf16 values), rounded to nearest by PyTorch.
+    expected = cross_attention(q.float(), k.float(), v.float(), mask, backend="torch").o.to(torch.bfloat16)
+    same = (o == expected).double().mean().item()
+    assert same > 0.98, same  # truncation agrees on about half the elements only
+    ulp = (expected.float().abs() * 2.0**-7).clamp_min(2.0**-133)
+    assert ((o.float() - expected.float()).abs() <= ulp).all()
+
+
 def test_reruns_are_bitwise_identical():
     g = torch.Generator().manual_seed(7)
     B, H, N, T, D = 2, 2, 70, 13, 32
