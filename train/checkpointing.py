@@ -98,6 +98,46 @@ class SafetensorsCheckpointIO(TorchCheckpointIO):
         Path(path).with_suffix(".safetensors").unlink(missing_ok=True)
 
 
+def _rng_state() -> dict[str, Any]:
+    """The global random states, in types ``torch.load(weights_only=True)`` reads back."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    numpy = state.get("numpy")
+    if numpy is not None:
+        keys = numpy["keys"].numpy().astype(np.uint32)
+        np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached"]))
+    if state.get("python") is not None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _train_loaders(trainer) -> list[Any]:
     loaders = trainer.train_dataloader
     if loaders is None:
@@ -126,6 +166,10 @@ class ResumableCheckpoint(ModelCheckpoint):
     * **Ctrl-C**: the first SIGINT is routed to Lightning's SIGTERM handling (a stop at the end of
       the current batch, a checkpoint, then exit); a second one interrupts at once
       (``KeyboardInterrupt``, also checkpointed by ``save_on_exception``).
+    * **Random state**: the checkpoint holds the torch (CPU and CUDA), numpy and Python RNG states
+      as they were when the next training batch would have started, and a resumed fit restores
+      them at its first batch, so dropout draws the same masks as the run that was stopped
+      (Lightning does not save RNG states).
     """
 
     def __init__(
@@ -138,6 +182,35 @@ class ResumableCheckpoint(ModelCheckpoint):
         super().__init__(*args, save_on_exception=save_on_exception, save_last=save_last, **kwargs)
         self._previous_sigint: Any = None
         self._sigint_installed = False
+        self._rng_next_batch: dict[str, Any] | None = None
+        self._rng_for_checkpoint: dict[str, Any] | None = None  # set while an exception is saved
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    # -- random state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["rng"] = self._rng_for_checkpoint or _rng_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self._rng_to_restore = state_dict.pop("rng", None)
+        super().load_state_dict(state_dict)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:  # the first batch of a resumed fit
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # what the next batch starts with (other callbacks may fail before this one's batch start)
+        self._rng_next_batch = _rng_state()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._rng_next_batch = _rng_state()
 
     # -- Ctrl-C ------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
@@ -200,6 +273,8 @@ class ResumableCheckpoint(ModelCheckpoint):
         for loader in _train_loaders(trainer):
             if callable(getattr(loader, "rewind", None)):
                 loader.rewind(in_flight)
+        # the batch will be redone: give it the random state it started with
+        self._rng_for_checkpoint = self._rng_next_batch
         # Lightning's restart adds one to its logging step counter unless the checkpoint was
         # taken at a batch end; this one was taken before the batch ran, so take it back.
         stepped = getattr(epoch_loop, "_batches_that_stepped", None)
@@ -210,4 +285,5 @@ class ResumableCheckpoint(ModelCheckpoint):
         finally:
             if isinstance(stepped, int):
                 epoch_loop._batches_that_stepped = stepped
+            self._rng_for_checkpoint = None
             self._restore_sigint()

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
+import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -76,6 +77,8 @@ class _SampleDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             persistent_workers=self.num_workers > 0,
+            # its own generator: an evaluation pass leaves the global RNG (dropout) untouched
+            generator=torch.Generator(),
         )
 
     def _train_loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:

@@ -4,7 +4,8 @@ an uninterrupted run logged at the same step (exact float equality on the CPU).
 
 The data are the real DataModules: the synthetic mix with its object curriculum, and LLaVA JSON
 with shuffling over two epochs (the kill lands in the second). The model is the small stand-in
-encoder of ``tv_test_parts`` with a real one-layer LM, so each run takes seconds.
+encoder of ``tv_test_parts`` with a real one-layer LM (attention dropout on, so the random state
+must resume as well), so each run takes seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ LLAMA = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 128,
     "tie_word_embeddings": True,
+    "attention_dropout": 0.3,  # random state must resume too
 }
 SYNTHETIC = {
     "class_path": "textvision.train.data_modules.SyntheticMixDataModule",
