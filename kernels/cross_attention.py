@@ -10,6 +10,7 @@ import torch
 
 from .attention_backward import attention_backward_delta, attention_backward_dkdv, attention_backward_dq
 from .attention_forward import attention_forward
+from .cross_attention_backward_short import cross_attention_backward_short
 from .cross_attention_fused_relevance import FUSED_SPEC, cross_attention_forward_with_relevance
 from .cross_attention_reference import cross_attention_reference
 from .dispatch import use_triton
@@ -30,6 +31,9 @@ __all__ = ["cross_attention", "fused_relevance_programs_per_sm", "fused_relevanc
 # Which relevance path to take: None = decide per call (see `_fused_relevance`); tests force
 # True/False to exercise both.
 FUSED_RELEVANCE: bool | None = None
+# Which backward: None = the one-launch kernel when the text fits one tile, else the three-launch
+# path (see `_short_text_backward`); tests force True/False to exercise both.
+SHORT_TEXT_BACKWARD: bool | None = None
 _MAX_BLOCKS_PER_SM = 32
 
 
@@ -79,6 +83,15 @@ def _fused_relevance(q: torch.Tensor, n_text: int) -> bool:
     return fused_relevance_wins(B * H, N, n_text, q.dtype, D, torch.cuda.get_device_properties(q.device))
 
 
+def _short_text_backward(q: torch.Tensor, n_text: int) -> bool:
+    """The one-launch backward (:mod:`.cross_attention_backward_short`) whenever the text fits
+    one tile: it moves the minimum bytes and its grid is that of the three-launch path's text
+    dk/dv launch, which dominates that path."""
+    if SHORT_TEXT_BACKWARD is not None:
+        return SHORT_TEXT_BACKWARD
+    return n_text <= text_block(n_text, q.dtype, q.shape[-1])
+
+
 class _CrossAttentionFunction(torch.autograd.Function):
     """Triton forward (+ relevance) and backward of :func:`cross_attention`.
 
@@ -88,7 +101,8 @@ class _CrossAttentionFunction(torch.autograd.Function):
 
     Saved for backward (only when a gradient is needed; otherwise the LSE is not even
     written): ``q, k, v, o`` and the float32 base-2 LSE ``(B, H, N)`` — no probabilities. The
-    relevance output is marked non-differentiable.
+    relevance output is marked non-differentiable. Backward: one launch when the text fits one
+    tile (:mod:`.cross_attention_backward_short`), else delta, dq and dk/dv launches.
     """
 
     @staticmethod
@@ -113,6 +127,9 @@ class _CrossAttentionFunction(torch.autograd.Function):
     def backward(ctx, do, _drel):
         q, k, v, o, lse, mask = ctx.saved_tensors
         do = last_dim_contiguous(do.to(o.dtype))
+        if _short_text_backward(q, k.shape[2]):
+            dq, dk, dv = cross_attention_backward_short(q, k, v, o, do, lse, mask, ctx.scale)
+            return dq, dk, dv, None, None, None, None
         delta = attention_backward_delta(o, do)
         dq = attention_backward_dq(q, do, lse, delta, k, v, None, None, mask, ctx.scale, query_is_text=False)
         dk, dv = attention_backward_dkdv(k, v, (q, do, lse, delta), None, mask, ctx.scale, key_is_text=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from textvision.bench import gpu_check
+from textvision.kernels.triton_common import AUTOTUNED
 
 
 def test_gpu_check_dry_run_passes_and_writes_json_and_markdown(tmp_path):
@@ -25,7 +26,7 @@ def test_gpu_check_dry_run_passes_and_writes_json_and_markdown(tmp_path):
     assert all(any(x["name"] == "bitwise rerun" and x["ok"] for x in c["checks"]) for c in cases)
     # Each autotuned kernel was forced to each of its tile sizes.
     forced = {(r["kernel"], r["config"].split(",")[0]) for r in saved["forced_configs"]}
-    assert len(forced) == 5 * 3 and all(r["ok"] for r in saved["forced_configs"])
+    assert len(forced) == len(AUTOTUNED) * 3 and all(r["ok"] for r in saved["forced_configs"])
     assert saved["large_grid"]["ok"]
     impls = {(r["mode"], r["impl"]) for r in saved["bench"]}
     assert {
@@ -35,6 +36,7 @@ def test_gpu_check_dry_run_passes_and_writes_json_and_markdown(tmp_path):
         ("fwd+bwd", "ours"),
         ("fwd+relevance", "ours fused"),
         ("fwd+relevance", "ours two-pass"),
+        ("fwd+bwd", "ours (3-launch bwd)"),
     } <= impls
     assert all(r.get("ms") for r in saved["bench"] if r["impl"] == "ours")
     markdown = (tmp_path / "gpu_check.md").read_text()

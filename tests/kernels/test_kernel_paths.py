@@ -213,8 +213,10 @@ def _tile_configs(name):
     return list(seen.values())
 
 
-@pytest.mark.parametrize("name", ["attention_fwd", "attention_dq", "attention_dkdv"])
-def test_every_tile_size_of_the_cross_attention_sweep(name):
+@pytest.mark.parametrize("name,short", [("attention_fwd", None), ("attention_dq", False),
+                                        ("attention_dkdv", False), ("cross_bwd_short", True)])
+def test_every_tile_size_of_the_cross_attention_sweep(monkeypatch, name, short):
+    monkeypatch.setattr(cross_module, "SHORT_TEXT_BACKWARD", short)
     g = torch.Generator().manual_seed(4)
     B, H, N, T, D = 2, 2, 150, 20, 32
     q, k, v = (_views(B, H, n, D, g) for n in (N, T, T))
@@ -292,6 +294,47 @@ def test_reruns_are_bitwise_identical():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype,D", [(torch.float32, 32), (torch.float16, 64), (torch.float32, 80)])
+def test_one_launch_and_three_launch_backward_agree_with_float64(monkeypatch, dtype, D):
+    """Short text: the one-launch backward (delta in registers, dk/dv accumulated over the image
+    tiles) and the delta / dq / dk-dv launches, on the same inputs, with an all-padding sample
+    and several image tiles."""
+    g = torch.Generator().manual_seed(12 + D)
+    B, H, N, T = 3, 2, 150, 19
+    q, k, v = (_views(B, H, n, D, g) for n in (N, T, T))
+    mask = _mask(B, T, g)
+    upstream = torch.randn(B, H, N, D, generator=g)
+    ref = _cross(q, k, v, mask, "torch", upstream, dtype=torch.float64, relevance=False)
+    results = []
+    for short in (True, False):
+        monkeypatch.setattr(cross_module, "SHORT_TEXT_BACKWARD", short)
+        results.append(_cross(q, k, v, mask, "triton", upstream, dtype=dtype, relevance=False))
+    for got in results:
+        if dtype == torch.float32:
+            _close(got, ref)
+        else:
+            for name, a, r in zip(("o", "dq", "dk", "dv"), got, ref, strict=True):
+                assert torch.isfinite(a).all() and _rel_fro(a, r) < 2e-3, name
+        _, dq, dk, dv = got
+        padded = ~mask[:, None, :, None].expand_as(dk)
+        assert (dk[padded] == 0).all() and (dv[padded] == 0).all()
+        assert (dq[~mask.any(-1)] == 0).all()
+    # Same arithmetic per element up to accumulation order.
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-3 if dtype == torch.float16 else 1e-5, atol=1e-5)
+
+
+def test_the_backward_takes_one_launch_for_short_text_and_three_for_long():
+    from textvision.bench.kernels_compile_check import record_launches
+
+    def backward_kernels(T):
+        launches = record_launches(torch.float16, 64, T, batch=2, heads=2, n_img=40)
+        return {name for scenario, name, *_ in launches if scenario == "cross fwd+bwd"} - {"attention_fwd"}
+
+    assert backward_kernels(77) == {"cross_bwd_short"}
+    assert backward_kernels(200) == {"delta", "attention_dq", "attention_dkdv"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Grid: one axis, so B·H > 65,535 launches
 
@@ -303,7 +346,7 @@ def test_every_launch_uses_a_one_dimensional_grid_that_fits_cuda_for_large_batch
     launches = record_launches(torch.float16, 16, 2, batch=B, heads=H, n_img=1)
     assert {name for _, name, *_ in launches} >= {
         "attention_fwd", "cross_fwd_relevance", "relevance", "head_mean", "delta", "attention_dq",
-        "attention_dkdv"}
+        "attention_dkdv", "cross_bwd_short"}
     for scenario, name, _args, _kwargs, grid in launches:
         assert len(grid) == 1, (scenario, name, grid)
         assert B <= grid[0] < 2**31, (scenario, name, grid)
