@@ -16,8 +16,9 @@ the configs are the only model definition:
 * ``gated_xattn``, ``mutual``, ``film``: the question enters every block, and the same selection;
 * ``gated_xattn_kernel_relevance``: fusion, but pruning by the kernel's (detached) relevance.
 
-Budgets ``k`` kept patches (+ CLS); ``k = 64`` keeps every patch (no pruning, so the variants that
-differ only in selection are one model there: ``none_text_selection`` is not run at 64).
+Budgets ``k`` kept patches (+ CLS); ``k`` at or above the patch count (64) keeps every patch (no
+pruning, so the variants that differ only in selection are one model there:
+``none_text_selection`` is not run there).
 
 **The same grounding signal for every variant**: the cross-entropy of the reader's attention at
 the queried object's token (when it was kept) for every encoder, and of the selection at the
@@ -54,7 +55,6 @@ __all__ = ["CellSpec", "build_encoder", "main", "run_cell", "summarise", "varian
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "demo.yaml"
 VARIANTS_DIR = ROOT / "configs" / "ablation"
-ALL_PATCHES = 64
 DEFAULT_BUDGETS = (2, 4, 8, 16, 64)
 ENCODER = "--model.vlm.init_args.encoder.init_args"
 
@@ -77,7 +77,7 @@ class CellSpec:
     lr_scorer: float = 1e-4
     grounding_weight: float = 1.0
     test_size: int = 512
-    num_objects: int = 12
+    base_config: str = str(BASE_CONFIG)
 
     @property
     def name(self) -> str:
@@ -92,9 +92,10 @@ class CellSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def build_encoder(variant: str, budget: int, *, seed: int):
-    """The encoder of ``configs/demo.yaml`` + ``configs/ablation/<variant>.yaml`` at ``budget``
-    kept patches (64 = no pruning), through the CLI's parser and instantiation."""
+def build_encoder(variant: str, budget: int, *, seed: int, base_config: str | Path = BASE_CONFIG):
+    """``(encoder, scene)``: the encoder of ``base_config`` + ``configs/ablation/<variant>.yaml`` at
+    ``budget`` kept patches (all of them: no pruning), through the CLI's parser and instantiation,
+    and the data module's scene (canvas, objects, vocabulary) the reader is trained on."""
     import warnings
 
     from textvision.train.cli import TextVisionCLI
@@ -102,15 +103,24 @@ def build_encoder(variant: str, budget: int, *, seed: int):
     overlay = VARIANTS_DIR / f"{variant}.yaml"
     if not overlay.is_file():
         raise FileNotFoundError(f"no variant {variant!r}: choose from {variant_names()}")
-    args = ["-c", str(BASE_CONFIG), "-c", str(overlay), "--seed_everything", str(seed)]
-    if budget >= ALL_PATCHES:
-        args += [f"{ENCODER}.prune_at", "[]", f"{ENCODER}.keep_tokens", "null"]
-    else:
-        args += [f"{ENCODER}.keep_tokens", str(budget)]
+    args = ["-c", str(base_config), "-c", str(overlay), "--seed_everything", str(seed)]
+    args += [
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+    ]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = TextVisionCLI(args=args, run=False)
-    return cli.model.vlm.encoder
+        no_pruning = "model: {vlm: {init_args: {encoder: {init_args: {prune_at: [], keep_tokens: null}}}}}"
+        probe = TextVisionCLI(args=[*args, "-c", no_pruning], run=False)
+        if budget >= probe.model.vlm.encoder.num_tokens() - probe.model.vlm.encoder.num_prefix_tokens:
+            cli = probe
+        else:
+            cli = TextVisionCLI(args=[*args, f"{ENCODER}.keep_tokens", str(budget)], run=False)
+    return cli.model.vlm.encoder, cli.datamodule.scene
 
 
 def _target_positions(kept: torch.Tensor | None, target: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -136,14 +146,13 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     """Train the reader (and the encoder's trainable parts) for ``spec.steps``; test; return a record."""
     from textvision.data.collate import collate_samples
     from textvision.data.magnifier import MAGNIFIER_CATEGORIES, MagnifierGenerator
-    from textvision.data.scene import SceneConfig
     from textvision.pruning.selection import grounding_loss
     from textvision.vlm.reader import QuestionReader
 
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
-    encoder = build_encoder(spec.variant, spec.budget, seed=spec.seed)
-    generator = MagnifierGenerator(SceneConfig(num_objects=spec.num_objects), categories=MAGNIFIER_CATEGORIES)
+    encoder, scene = build_encoder(spec.variant, spec.budget, seed=spec.seed, base_config=spec.base_config)
+    generator = MagnifierGenerator(scene, categories=MAGNIFIER_CATEGORIES)
     vocabulary = [w for c in MAGNIFIER_CATEGORIES for w in generator.vocabulary(c)]
     torch.manual_seed(spec.seed)  # the reader starts alike for every variant of one seed
     reader = QuestionReader(visual_width=encoder.width, text_width=encoder.text_dim, vocabulary=vocabulary)
@@ -248,15 +257,20 @@ def evaluate(encoder, reader, generator, spec: CellSpec) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ the sweep
 def cells(
-    variants: Sequence[str], budgets: Sequence[int], seeds: Sequence[int], **settings
+    variants: Sequence[str],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    all_patches: int = 64,
+    **settings,
 ) -> list[CellSpec]:
-    """The sweep's cells, smallest budgets first (``none_text_selection`` at 64 is the same model
-    as ``none_textagnostic`` there and is skipped)."""
+    """The sweep's cells, by budget then seed (``none_text_selection`` keeping all
+    ``all_patches`` is the same model as ``none_textagnostic`` and is skipped)."""
     out = []
     for budget in budgets:
         for seed in seeds:
             for variant in variants:
-                if budget >= ALL_PATCHES and variant == "none_text_selection":
+                if budget >= all_patches and variant == "none_text_selection":
                     continue
                 out.append(CellSpec(variant, int(budget), int(seed), **settings))
     return out
@@ -379,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=CellSpec.steps)
     parser.add_argument("--batch-size", type=int, default=CellSpec.batch_size)
     parser.add_argument("--test-size", type=int, default=CellSpec.test_size)
+    parser.add_argument(
+        "--base-config", default=str(BASE_CONFIG), help="the VLM config the encoders come from"
+    )
+    parser.add_argument("--all-patches", type=int, default=64, help="patches per image of the base config")
     parser.add_argument("--workers", type=int, default=1, help="cells trained in parallel (processes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
@@ -391,6 +409,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants,
         args.budgets,
         args.seeds,
+        all_patches=args.all_patches,
+        base_config=str(Path(args.base_config).resolve()),
         steps=args.steps,
         batch_size=args.batch_size,
         test_size=args.test_size,

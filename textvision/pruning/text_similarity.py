@@ -67,6 +67,8 @@ class TextSimilarityScorer(nn.Module):
         self.vision_width = int(vision_width)
         self.text_width = int(text_width)
         self.heads.requires_grad_(trainable)
+        # the SigLIP bias shifts every patch alike: a softmax over patches never sees it
+        self.heads.bias.requires_grad_(False)
 
     def forward(self, patches: Tensor, sentence: Tensor) -> Tensor:
         """Logits ``(B, n)`` from ``patches (B, n, Dv)`` and sentence embeddings ``(B, Dt)``."""
