@@ -137,7 +137,8 @@ def _forward(encoder, reader, batch: dict[str, Any]):
     features = encoder.encode_text(batch["instruction"])
     out = encoder(batch["image"], text_features=features)
     sentence = mean_pool(features.hidden, features.mask)
-    read = reader(out.tokens, sentence, batch["options"])
+    places = reader.places(out.kept_indices, encoder.num_prefix_tokens, out.tokens.shape[0])
+    read = reader(out.tokens, sentence, batch["options"], places)
     positions = _target_positions(out.kept_indices, batch["target_patch"], encoder.num_prefix_tokens)
     return out, read, positions
 
@@ -155,7 +156,12 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     generator = MagnifierGenerator(scene, categories=MAGNIFIER_CATEGORIES)
     vocabulary = [w for c in MAGNIFIER_CATEGORIES for w in generator.vocabulary(c)]
     torch.manual_seed(spec.seed)  # the reader starts alike for every variant of one seed
-    reader = QuestionReader(visual_width=encoder.width, text_width=encoder.text_dim, vocabulary=vocabulary)
+    reader = QuestionReader(
+        visual_width=encoder.width,
+        text_width=encoder.text_dim,
+        vocabulary=vocabulary,
+        num_patches=scene.grid**2,
+    )
     groups = encoder.parameter_groups()
     selection_trains = encoder.pruner.enabled and bool(groups["scorer"])
     encoder_params = [p for name, ps in groups.items() if name != "scorer" for p in ps]

@@ -35,14 +35,8 @@ def _checkpoint_callbacks(config: dict) -> list[dict]:
     ]
 
 
-def _pending_demo(path: Path) -> None:
-    if path.name == "demo.yaml" and "ResumableCheckpoint" not in path.read_text():
-        pytest.xfail("configs/demo.yaml is owned by the demo work (issue 14); change requested there")
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_config_saves_the_final_step(path, print_config, tmp_path):
-    _pending_demo(path)
     config = print_config(path)
     callbacks = _checkpoint_callbacks(config)
     assert callbacks, f"{path.name}: no checkpoint callback"
@@ -72,7 +66,6 @@ def test_config_saves_the_final_step(path, print_config, tmp_path):
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_config_writes_into_its_run_folder(path, print_config):
     """No logger or checkpoint path is spelled out: all follow ``trainer.default_root_dir``."""
-    _pending_demo(path)
     config = print_config(path)
     trainer = config["trainer"]
     assert trainer["default_root_dir"]

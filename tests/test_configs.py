@@ -23,7 +23,13 @@ def test_configs_exist():
         "llava15_flant5.yaml",
         "qwen25_05b_single_gpu.yaml",
     } <= names
-    assert {p.stem for p in ABLATIONS} == {"none_textagnostic", "gated_xattn", "mutual", "film"}
+    assert {p.stem for p in ABLATIONS} == {
+        "none_textagnostic",
+        "none_text_selection",
+        "gated_xattn",
+        "mutual",
+        "film",
+    }
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -45,7 +51,7 @@ def test_ablation_overrides_only_the_fusion(path, print_config):
     base = print_config(CONFIGS / "demo.yaml")
     config = print_config(CONFIGS / "demo.yaml", path)
     encoder = config["model"]["vlm"]["init_args"]["encoder"]["init_args"]
-    expected = {"none_textagnostic": "none"}.get(path.stem, path.stem)
+    expected = {"none_textagnostic": "none", "none_text_selection": "none"}.get(path.stem, path.stem)
     assert encoder["fusion"] == expected
     base_encoder = base["model"]["vlm"]["init_args"]["encoder"]["init_args"]
     # same token budget, backbone, text encoder and LM as the demo: only fusion/scorer change

@@ -147,6 +147,7 @@ def draw_examples(module, datamodule, out_dir: Path, *, per_set: int = 2) -> lis
     with the question, the model's option-scored answer and the gold answer."""
     from textvision.data.collate import collate_samples
     from textvision.visualize import draw_relevance
+    from textvision.vlm.model import choose_options
 
     vlm = module.vlm.eval()
     encoder = vlm.encoder
@@ -155,9 +156,10 @@ def draw_examples(module, datamodule, out_dir: Path, *, per_set: int = 2) -> lis
         batch = collate_samples([dataset[i] for i in range(per_set)])
         visual, out = vlm.encode(batch["image"], batch["instruction"])
         scores = vlm.language_model.score(visual, batch["prompt"], batch["options"])
+        chosen = choose_options(scores, [len(o) for o in batch["options"]])
         for i in range(per_set):
             image = batch["image"][i]
-            answer = batch["options"][i][int(scores[i].argmax())]
+            answer = batch["options"][i][int(chosen[i])] if int(chosen[i]) >= 0 else "(no valid score)"
             verdict = "right" if answer == batch["answer"][i] else "wrong"
             title = f"{batch['instruction'][i]}  model: {answer} ({verdict}), gold: {batch['answer'][i]}"
             path = out_dir / f"{name}_{i}.png"

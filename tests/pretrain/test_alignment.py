@@ -49,7 +49,9 @@ def test_loss_trains_patch_features_towards_their_captions():
     optimizer = torch.optim.Adam([patches, *heads.parameters()], lr=0.05)
     first = None
     for _ in range(60):
-        loss = dense_alignment_loss(heads, heads.embed_patches(patches), heads.embed_text(captions), targets, image)
+        loss = dense_alignment_loss(
+            heads, heads.embed_patches(patches), heads.embed_text(captions), targets, image
+        )
         first = loss["loss"].item() if first is None else first
         optimizer.zero_grad()
         loss["loss"].backward()

@@ -41,6 +41,7 @@ def shrunken_demo(tmp_path: Path) -> Path:
     pretraining = str(tiny_pretraining(tmp_path))
     encoder["backbone"]["init_args"]["pretraining"] = pretraining
     encoder["similarity"]["init_args"]["pretraining"] = pretraining
+    encoder["prune_at"] = [1]  # the last block of the 2-block ViT
     lm = config["model"]["vlm"]["init_args"]["language_model"]["init_args"]["config"]
     lm.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     config["data"]["init_args"].update(batch_size=4, eval_batch_size=8, val_size=8, test_size=8)
@@ -73,6 +74,16 @@ def test_demo_writes_metrics_table_and_pictures(tmp_path):
     assert mag["chance_acc"] == saved["chance_from_data"]["magnifier"]["acc"]
     assert pairs["chance_pair_acc"] == saved["chance_from_data"]["mmvp_pairs"]["pair_acc"]
     assert saved["visual_tokens_to_lm"] == 9  # CLS + 8 kept patches
+    assert saved["seed"] == 0
+    # per question category of every set, and they combine to the overall accuracy
+    assert set(saved["test_by_category"]["magnifier"]) <= {"colour", "shape", "position"}
+    for name, result in saved["test"].items():
+        categories = saved["test_by_category"][name]
+        assert sum(c["n"] for c in categories.values()) == result["n"]
+        overall = sum(c["acc"] * c["n"] for c in categories.values()) / result["n"]
+        assert overall == pytest.approx(result["acc"])
+        assert 0.0 <= saved["kept_target"][name] <= 1.0
+    assert "Per question category" in (out / "metrics.md").read_text()
     assert saved["peak_rss_mb"] > 0 and saved["seconds"]["fit"] > 0
     table = (out / "metrics.md").read_text()
     assert "| magnifier | 8 |" in table and "| mmvp_pairs | 8 |" in table
@@ -89,6 +100,9 @@ def test_demo_writes_metrics_table_and_pictures(tmp_path):
     # the frozen pretrained MiniLM is rebuilt from its package, not stored
     assert not any(".text_encoder." in key for key in ckpt["state_dict"])
     assert any(".fusion." in key for key in ckpt["state_dict"])
+    # ... nor is the frozen pretrained ViT (reloaded from the pretraining cache); the scorer trains
+    assert not any(".backbone." in key for key in ckpt["state_dict"])
+    assert any(".similarity." in key for key in ckpt["state_dict"])
 
     # the evaluator loads the checkpoint through `textvision eval` (load_from_checkpoint) and
     # agrees with the demo's own option scoring on the same held-out items
@@ -164,4 +178,6 @@ def test_objects_table_rows_per_count():
 
 def test_metrics_table_formats_missing_pairs():
     table = metrics_table({"a": {"n": 4, "acc": 0.5, "chance_acc": 0.25}})
-    assert table.splitlines()[-1] == "| a | 4 | 50.0% | 25.0% | – | – |"
+    assert table.splitlines()[-1] == "| a | 4 | 50.0% | 25.0% | – | – | – |"
+    table = metrics_table({"a": {"n": 4, "acc": 0.5, "chance_acc": 0.25, "kept_target": 0.75}})
+    assert table.splitlines()[-1] == "| a | 4 | 50.0% | 25.0% | – | – | 75.0% |"

@@ -45,7 +45,7 @@ from typing import TypedDict
 from torch import Tensor
 from typing_extensions import NotRequired  # typing.NotRequired needs Python 3.11
 
-__all__ = ["PROMPT_STYLES", "SAMPLE_KEYS", "Sample", "check_sample", "format_prompt"]
+__all__ = ["OPTIONAL_SAMPLE_KEYS", "PROMPT_STYLES", "SAMPLE_KEYS", "Sample", "check_sample", "format_prompt"]
 
 PROMPT_STYLES = ("short", "letters")
 LETTERS_POST_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -66,8 +66,11 @@ class Sample(TypedDict):
     target_patch: NotRequired[int]
 
 
-#: the keys every sample has (``target_patch`` is optional)
-SAMPLE_KEYS = tuple(k for k in Sample.__annotations__ if k in Sample.__required_keys__)
+#: keys a sample may leave out
+OPTIONAL_SAMPLE_KEYS = ("target_patch",)
+#: the keys every sample has (with ``from __future__ import annotations`` the TypedDict cannot tell
+#: NotRequired keys apart, so the optional ones are listed)
+SAMPLE_KEYS = tuple(k for k in Sample.__annotations__ if k not in OPTIONAL_SAMPLE_KEYS)
 
 
 def format_prompt(

@@ -139,7 +139,13 @@ class TextEncoder(nn.Module):
                 max(too_long, key=lambda p: p[1])[0],
             )
         batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts),
+            # cached features must not depend on which other texts shared the batch (padding
+            # length changes the float rounding of the attention), or a resumed run would differ
+            padding="max_length" if self.cache_size else "longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return {
             key: value.to(self.device)

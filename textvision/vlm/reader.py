@@ -12,6 +12,11 @@ options are read off it. A text-agnostic encoder with every patch kept can there
 the question — in the reader — which is what makes it a fair baseline (a Q-Former-like single
 query, Li et al., "BLIP-2", 2023).
 
+The reader knows where each token came from, as an LM knows the order of its visual tokens: a
+learned embedding of the token's place (CLS, or its patch in the original grid, from the
+encoder's ``kept_indices``) is added to it, so "where is the triangle?" can be answered from
+whichever patches survive.
+
 The reader's attention over the tokens is returned, so the same grounding loss the text-guided
 selection gets (cross-entropy at the queried object's patch) can be given to the reader of every
 encoder alike.
@@ -44,6 +49,7 @@ class QuestionReader(nn.Module):
         visual_width: visual token width ``Dv``.
         text_width: sentence embedding width ``Dt``.
         vocabulary: every answer string; options are scored by their index in it.
+        num_patches: patches of the encoder's full grid (for the place embedding).
         dim: attention width.
         num_heads: attention heads.
         hidden: width of the answer MLP.
@@ -55,6 +61,7 @@ class QuestionReader(nn.Module):
         visual_width: int,
         text_width: int,
         vocabulary: Sequence[str],
+        num_patches: int,
         dim: int = 128,
         num_heads: int = 4,
         hidden: int = 256,
@@ -64,6 +71,10 @@ class QuestionReader(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by {num_heads} heads")
         self.index = {word: i for i, word in enumerate(dict.fromkeys(vocabulary))}
         self.num_heads = num_heads
+        self.num_patches = int(num_patches)
+        # place 0 = a prefix token (CLS), 1 + n = patch n of the grid
+        self.place = nn.Embedding(self.num_patches + 1, visual_width)
+        nn.init.normal_(self.place.weight, std=0.02)
         self.norm_tokens = nn.LayerNorm(visual_width)
         self.to_q = nn.Linear(text_width, dim)
         self.to_k = nn.Linear(visual_width, dim)
@@ -82,9 +93,22 @@ class QuestionReader(nn.Module):
             raise ValueError(f"items of one batch need the same number of options, got {sorted(lengths)}")
         return torch.tensor([[self.index[o] for o in row] for row in options])
 
-    def forward(self, tokens: Tensor, sentence: Tensor, options: Sequence[Sequence[str]]) -> ReaderOutput:
-        """``tokens (B, M, Dv)``, ``sentence (B, Dt)``, ``options`` (B lists of strings)."""
-        keys = self.norm_tokens(tokens)
+    def places(self, kept_indices: Tensor | None, num_prefix_tokens: int, batch: int) -> Tensor:
+        """``(B, M)`` place ids of an encoder's output tokens: prefix tokens, then the kept patches
+        (``kept_indices``, or the whole grid in order when nothing was pruned)."""
+        if kept_indices is None:
+            kept_indices = torch.arange(self.num_patches).expand(batch, -1)
+        prefix = torch.zeros(batch, num_prefix_tokens, dtype=torch.long, device=kept_indices.device)
+        return torch.cat([prefix, kept_indices.long() + 1], dim=1)
+
+    def forward(
+        self, tokens: Tensor, sentence: Tensor, options: Sequence[Sequence[str]], places: Tensor
+    ) -> ReaderOutput:
+        """``tokens (B, M, Dv)``, ``sentence (B, Dt)``, ``options`` (B lists of strings), ``places
+        (B, M)`` long (see :meth:`places`)."""
+        if places.shape != tokens.shape[:2]:
+            raise ValueError(f"places {tuple(places.shape)} do not match tokens {tuple(tokens.shape[:2])}")
+        keys = self.norm_tokens(tokens + self.place(places.to(tokens.device)))
         q = rearrange(self.to_q(sentence.to(keys.dtype)), "b (h d) -> b h 1 d", h=self.num_heads)
         k = rearrange(self.to_k(keys), "b m (h d) -> b h m d", h=self.num_heads)
         v = rearrange(self.to_v(keys), "b m (h d) -> b h m d", h=self.num_heads)
