@@ -1,8 +1,11 @@
 """One GPU check of the Triton kernels: correctness against float64, then speed against baselines.
 
-``python -m textvision.bench.gpu_check --out results/gpu`` on one H100/H200 (about 5-8 minutes,
-most of it Triton compiling and autotuning), or ``--dry-run`` on a CPU: the same code paths at
-tiny shapes under Triton's interpreter (under a minute; timings meaningless, marked unmeasured).
+``python -m textvision.bench.gpu_check --out results/gpu`` on one H100/H200 (estimated 6-10
+minutes, most of it Triton compiling: ~300 kernel variants; ``--quick`` forces one config per
+tile size and benchmarks the target shape only, ~4 minutes), or ``--dry-run`` on a CPU: the same
+code paths at tiny shapes under Triton's interpreter (under a minute; timings meaningless, marked
+unmeasured). Sections run in order of importance and the JSON is rewritten after each, so a run
+cut short by a device budget keeps everything it finished.
 
 Correctness (every check against a float64 PyTorch reference, FlashAttention's rule
 ``max|ours - ref| <= 2·max|pt - ref| + atol`` with ``pt`` the same attention computed by PyTorch
@@ -266,7 +269,7 @@ def _mutual_case(case: Case, device: str, seed: int) -> dict:
 # Every autotune config forced once
 
 
-def _forced_configs(device: str, dry_run: bool) -> list[dict]:
+def _forced_configs(device: str, dry_run: bool, quick: bool = False) -> list[dict]:
     """Each config of each autotuned kernel, forced, on a cross- or mutual-attention call that
     launches that kernel, against float64."""
     from textvision.kernels.triton_common import AUTOTUNED, config_name, forced_config
@@ -288,7 +291,7 @@ def _forced_configs(device: str, dry_run: bool) -> list[dict]:
         kernel, fused, short = runs.get(name, ("mutual", None, None))
         case = Case(kernel, dtype, B, H, N, T, D)
         configs = tuner.configs
-        if dry_run:  # the interpreter ignores warps and stages: one config per tile size
+        if dry_run or quick:  # one config per tile size (the interpreter ignores warps and stages)
             configs = list({c.kwargs[tuner.spec.tile]: c for c in reversed(configs)}.values())
         for config in configs:
             start = time.perf_counter()
@@ -853,6 +856,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     parser.add_argument("--skip-bench", action="store_true", help="correctness only")
     parser.add_argument("--skip-forced", action="store_true", help="do not force every autotune config")
+    parser.add_argument("--quick", action="store_true",
+                        help="a shorter GPU run (~4 min): one forced config per tile size, the target "
+                             "benchmark shape only")
     args = parser.parse_args(argv)
     if args.dry_run:
         if "textvision.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
@@ -873,6 +879,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report = {
         "command": "python -m textvision.bench.gpu_check"
         + (" --dry-run" if args.dry_run else "")
+        + (" --quick" if args.quick else "")
         + f" --out {args.out}",
         "dry_run": args.dry_run,
         "torch": torch.__version__,
@@ -927,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.skip_forced:
         section(
             "forced configs",
-            lambda: report.__setitem__("forced_configs", _forced_configs(device, args.dry_run)),
+            lambda: report.__setitem__("forced_configs", _forced_configs(device, args.dry_run, args.quick)),
         )
     no_autotune()
     section("B·H > 65,535", lambda: report.__setitem__("large_grid", _large_grid(device, args.dry_run)))
@@ -937,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             triton_common.AUTOTUNE = True
             for tuner in triton_common.AUTOTUNED.values():
                 tuner.cache.clear()
-            for shape in bench_shapes(args.dry_run):
+            for shape in bench_shapes(args.dry_run)[: 1 if args.quick else None]:
                 report["bench"] += _bench_shape(shape, device, args.dry_run, report["roofline"])
                 save()
             report["targets"] = _targets(report["bench"]) if not args.dry_run else []

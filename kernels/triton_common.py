@@ -52,7 +52,6 @@ __all__ = [
     "AUTOTUNED",
     "LOG2E",
     "MAX_BLOCK_T",
-    "MAX_HEAD_DIM",
     "KernelSpec",
     "autotuned",
     "config_name",
@@ -81,7 +80,6 @@ LOG2E = 1.4426950408889634
 # Text (T <= the text tile) fits one key tile, which makes its softmax exact in one step; longer
 # text is streamed in tiles. A module attribute so tests can shrink it to exercise streaming.
 MAX_BLOCK_T = 128
-MAX_HEAD_DIM = 128
 # Benchmark configs on the GPU (the default); TEXTVISION_AUTOTUNE=0 always takes the default one.
 AUTOTUNE = os.environ.get("TEXTVISION_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
 # A config whose estimate exceeds this is pruned. The model counts score and probability tiles
