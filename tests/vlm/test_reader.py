@@ -22,14 +22,14 @@ def test_reader_scores_each_item_s_options_and_its_attention_sums_to_one():
     assert places.tolist() == [[0, 1, 3, 4, 6], [0, 2, 3, 5, 6]]
     assert reader.places(None, 1, 1).tolist() == [[0, 1, 2, 3, 4, 5, 6]]
     out = reader(tokens, sentence, [["red", "blue"], ["green", "red"]], places)
-    tokens = tokens + reader.place(places)
+    pieces = (tokens, places)
     assert out.logits.shape == (2, 2) and out.attention.shape == (2, 5)
     assert torch.allclose(out.attention.sum(-1), torch.ones(2))
     full = reader.head(
         torch.cat(
             [
                 # recompute the pooled vector by hand from the attention of each head
-                _attended(reader, tokens, sentence),
+                _attended(reader, pieces, sentence),
                 reader.to_q(sentence),
             ],
             dim=-1,
@@ -38,8 +38,9 @@ def test_reader_scores_each_item_s_options_and_its_attention_sums_to_one():
     assert torch.allclose(out.logits, full.gather(1, torch.tensor([[0, 1], [2, 0]])), atol=1e-5)
 
 
-def _attended(reader, tokens, sentence):
-    keys = reader.norm_tokens(tokens)
+def _attended(reader, pieces, sentence):
+    tokens, places = pieces
+    keys = torch.cat([reader.norm_tokens(tokens), reader.place(places)], dim=-1)
     q, k, v = reader.to_q(sentence), reader.to_k(keys), reader.to_v(keys)
     heads, width = reader.num_heads, q.shape[-1] // reader.num_heads
     out = []

@@ -72,6 +72,11 @@ class TextAwareVLM(nn.Module):
             is encoded exactly as the LM reads it). Needs a T5 text encoder and a T5 LM of the same
             width; the LM's stack (with any LoRA layers) is the one kept.
         length_normalize: option scoring divides each option's log-likelihood by its token count.
+        place_width: when > 0, a learned embedding of each visual token's place (prefix token, or
+            its patch in the full grid, from the encoder's ``kept_indices``) of this width is
+            concatenated to the token before the projector. Pruning leaves the LM a few tokens
+            whose order no longer says where they were; this tells it (the role 2-D position ids
+            play for visual tokens in Qwen2-VL's M-RoPE). Part of the ``projector`` group.
     """
 
     def __init__(
@@ -83,12 +88,24 @@ class TextAwareVLM(nn.Module):
         freeze: list[str] | None = None,
         share_t5_encoder: bool = False,
         length_normalize: bool = False,
+        place_width: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        if place_width < 0:
+            raise ValueError(f"place_width must be >= 0, got {place_width}")
+        self.place = None
+        if place_width:
+            grid = getattr(getattr(encoder, "backbone", None), "grid_size", None)
+            if grid is None:
+                raise ValueError(
+                    "place_width needs an encoder with a backbone patch grid (backbone.grid_size)"
+                )
+            # place 0 = a prefix token, 1 + n = patch n of the native grid
+            self.place = nn.Embedding(1 + int(grid[0]) * int(grid[1]), place_width)
         self.language_model = language_model
         self.projector = build_projector(
-            projector, in_dim=int(encoder.width), out_dim=language_model.hidden_size
+            projector, in_dim=int(encoder.width) + place_width, out_dim=language_model.hidden_size
         )
         self.length_normalize = length_normalize
         if share_t5_encoder:
@@ -130,7 +147,10 @@ class TextAwareVLM(nn.Module):
 
     def _all_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {name: list(params) for name, params in self.encoder.parameter_groups().items()}
-        groups["projector"] = list(self.projector.parameters())
+        groups["projector"] = [
+            *self.projector.parameters(),
+            *(self.place.parameters() if self.place is not None else []),
+        ]
         seen = {id(p) for params in groups.values() for p in params}
         # With a shared T5 encoder, the LM's parameters may already sit in the text-encoder group.
         groups["language_model"] = [p for p in self.language_model.parameters() if id(p) not in seen]
@@ -188,7 +208,23 @@ class TextAwareVLM(nn.Module):
         if len(instructions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(instructions)} instructions")
         out = self.encoder(images, list(instructions))
-        return self.projector(out.tokens), out
+        tokens = out.tokens
+        if self.place is not None:
+            tokens = torch.cat([tokens, self.place(self.token_places(out, tokens.shape[:2]))], dim=-1)
+        return self.projector(tokens), out
+
+    def token_places(self, out: Any, shape: tuple[int, int]) -> Tensor:
+        """``(B, M)`` place ids of the encoder's output tokens: 0 for prefix tokens (and a merged
+        token), ``1 + n`` for patch ``n`` of the grid (``kept_indices``, or all patches in order)."""
+        batch, length = shape
+        prefix = int(self.encoder.num_prefix_tokens)
+        device = out.tokens.device
+        kept = out.kept_indices
+        if kept is None:
+            kept = torch.arange(self.place.num_embeddings - 1, device=device).expand(batch, -1)
+        places = torch.zeros(batch, length, dtype=torch.long, device=device)
+        places[:, prefix : prefix + kept.shape[1]] = kept.long() + 1
+        return places
 
     def loss(
         self, images: Tensor, instructions: Sequence[str], prompts: Sequence[str], answers: Sequence[str]

@@ -14,8 +14,9 @@ query, Li et al., "BLIP-2", 2023).
 
 The reader knows where each token came from, as an LM knows the order of its visual tokens: a
 learned embedding of the token's place (CLS, or its patch in the original grid, from the
-encoder's ``kept_indices``) is added to it, so "where is the triangle?" can be answered from
-whichever patches survive.
+encoder's ``kept_indices``) is concatenated to its normalised features — beside them, not added,
+so place and content stay apart and the place is as loud as the content from step 0 — so "where
+is the triangle?" and "the red object on the left" can be answered from whichever patches survive.
 
 The reader's attention over the tokens is returned, so the same grounding loss the text-guided
 selection gets (cross-entropy at the queried object's patch) can be given to the reader of every
@@ -50,6 +51,7 @@ class QuestionReader(nn.Module):
         text_width: sentence embedding width ``Dt``.
         vocabulary: every answer string; options are scored by their index in it.
         num_patches: patches of the encoder's full grid (for the place embedding).
+        place_width: width of the place embedding.
         dim: attention width.
         num_heads: attention heads.
         hidden: width of the answer MLP.
@@ -62,6 +64,7 @@ class QuestionReader(nn.Module):
         text_width: int,
         vocabulary: Sequence[str],
         num_patches: int,
+        place_width: int = 32,
         dim: int = 128,
         num_heads: int = 4,
         hidden: int = 256,
@@ -72,13 +75,13 @@ class QuestionReader(nn.Module):
         self.index = {word: i for i, word in enumerate(dict.fromkeys(vocabulary))}
         self.num_heads = num_heads
         self.num_patches = int(num_patches)
-        # place 0 = a prefix token (CLS), 1 + n = patch n of the grid
-        self.place = nn.Embedding(self.num_patches + 1, visual_width)
-        nn.init.normal_(self.place.weight, std=0.02)
+        # place 0 = a prefix token (CLS), 1 + n = patch n of the grid; unit-variance like the
+        # normalised features it sits beside
+        self.place = nn.Embedding(self.num_patches + 1, place_width)
         self.norm_tokens = nn.LayerNorm(visual_width)
         self.to_q = nn.Linear(text_width, dim)
-        self.to_k = nn.Linear(visual_width, dim)
-        self.to_v = nn.Linear(visual_width, dim)
+        self.to_k = nn.Linear(visual_width + place_width, dim)
+        self.to_v = nn.Linear(visual_width + place_width, dim)
         self.head = nn.Sequential(
             nn.LayerNorm(2 * dim), nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, len(self.index))
         )
@@ -108,7 +111,7 @@ class QuestionReader(nn.Module):
         (B, M)`` long (see :meth:`places`)."""
         if places.shape != tokens.shape[:2]:
             raise ValueError(f"places {tuple(places.shape)} do not match tokens {tuple(tokens.shape[:2])}")
-        keys = self.norm_tokens(tokens + self.place(places.to(tokens.device)))
+        keys = torch.cat([self.norm_tokens(tokens), self.place(places.to(tokens.device))], dim=-1)
         q = rearrange(self.to_q(sentence.to(keys.dtype)), "b (h d) -> b h 1 d", h=self.num_heads)
         k = rearrange(self.to_k(keys), "b m (h d) -> b h m d", h=self.num_heads)
         v = rearrange(self.to_v(keys), "b m (h d) -> b h m d", h=self.num_heads)
