@@ -30,4 +30,5 @@ def test_smoke_config_takes_every_ablation_overlay(overlay, print_config):
     expected = yaml.safe_load(overlay.read_text())["model"]["vlm"]["init_args"]["encoder"]["init_args"]
     encoder = config["model"]["vlm"]["init_args"]["encoder"]["init_args"]
     assert {k: encoder[k] for k in expected} == expected
-    assert encoder["backbone"]["init_args"]["img_size"] == 32  # the smoke sizes survive the overlay
+    # the smoke sizes survive the overlay: the backbone is still the smoke pretraining's ViT
+    assert encoder["backbone"]["init_args"]["pretraining"] == "configs/pretrain/smoke.yaml"
