@@ -82,7 +82,7 @@ def test_a_failing_pretraining_names_its_command(tmp_path):
     bad["model"]["dimm"] = 3
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    with pytest.raises(RuntimeError, match="vision pretraining failed.*textvision.pretrain"):
+    with pytest.raises(RuntimeError, match=r"vision pretraining failed.*textvision\.pretrain"):
         pretrained_export(path, cache_dir=tmp_path / "cache")
 
 
