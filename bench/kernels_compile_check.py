@@ -265,16 +265,17 @@ def _compile(job: tuple) -> dict:
     return row
 
 
-def _update_spill_table(rows: list[dict], triton_version: str) -> None:
-    """Replace the table's entries for every compiled key by this run's verdicts."""
+def _update_spill_table(rows: list[dict], triton_version: str, reset: bool = False) -> None:
+    """Add this run's spilling configs to the table (fp16 and bf16 share keys, so an entry is
+    never removed by a run of the other dtype); ``reset`` starts from an empty table."""
     from textvision.kernels.triton_common import SPILL_TABLE
 
-    old = json.loads(SPILL_TABLE.read_text())["spills"] if SPILL_TABLE.is_file() else []
-    compiled = {r["spill_key"] for r in rows if r.get("spill_key") and "error" not in r}
+    old = json.loads(SPILL_TABLE.read_text())["spills"] if SPILL_TABLE.is_file() and not reset else []
     spilled = {r["spill_key"] for r in rows if r.get("spill_key") and r["spills"]}
-    spills = sorted((set(old) - compiled) | spilled)
+    spills = sorted(set(old) | spilled)
     SPILL_TABLE.write_text(json.dumps({
-        "about": "autotune configs ptxas spilled for sm_90, by kernel|element bytes|constexprs|config; "
+        "about": "autotune configs ptxas spilled for sm_90, by kernel|16bit or fp32|constexprs|config "
+                 "(fp16 and bf16 share entries); "
                  "written by `env -u TRITON_INTERPRET python -m textvision.bench.kernels_compile_check "
                  "--all-configs --update-spill-table`; the prune filter excludes them",
         "triton": triton_version, "spills": spills}, indent=1) + "\n")
@@ -331,8 +332,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--defaults-only", action="store_true",
                         help="only the default config of each specialisation (what CI checks)")
     parser.add_argument("--update-spill-table", action="store_true",
-                        help="record the configs that spilled in kernels/known_spills.json (the prune "
-                             "filter excludes them); entries of specialisations compiled here are replaced")
+                        help="add the configs that spilled to kernels/known_spills.json (the prune "
+                             "filter excludes them)")
+    parser.add_argument("--reset-spill-table", action="store_true",
+                        help="with --update-spill-table: drop the old entries first (after a kernel change)")
     parser.add_argument("--kernel", action="append", default=None, metavar="NAME",
                         help="only this kernel (a key of triton_common.AUTOTUNED, 'delta' or 'head_mean'; "
                              "repeatable)")
@@ -376,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "max_shared_bytes": H100_MAX_SHARED_BYTES, "combos": [":".join(map(str, c)) for c in combos],
               "failures": failures, "rows": rows}
     if args.update_spill_table:
-        _update_spill_table(rows, triton.__version__)
+        _update_spill_table(rows, triton.__version__, args.reset_spill_table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels_compile_check.json").write_text(json.dumps(report, indent=2))
     (args.out / "kernels_compile_check.md").write_text(_markdown(report))
