@@ -479,3 +479,36 @@ def test_fused_relevance_decision_on_cuda_tensors(monkeypatch):
     small = SimpleNamespace(**{**vars(fake), "shape": (1, 12, 197, 64)})
     assert not cross_module._fused_relevance(small, 32)
     assert not cross_module._fused_relevance(fake, 300)  # text longer than one tile: two-pass
+
+
+def test_gated_xattn_feeds_the_kernel_output_to_its_projection_without_a_copy(monkeypatch):
+    """The fusion module's (B, H, N, D) -> (B·N, H·D) reshape of the Triton output is a view: the
+    output projection's GEMM reads the kernel's buffer itself."""
+    from textvision.fusion import gated_xattn
+
+    module = gated_xattn.GatedCrossAttention(dim=32, num_heads=2, backend="triton")
+    with torch.no_grad():
+        module.gate.fill_(0.5)
+    seen = {}
+    real_kernel, real_addmm = gated_xattn.cross_attention, torch.addmm
+
+    def kernel(*args, **kwargs):
+        result = real_kernel(*args, **kwargs)
+        seen["o"] = result.o.data_ptr()
+        return result
+
+    def addmm(bias, mat1, mat2, **kwargs):
+        seen["mat1"] = mat1.data_ptr()
+        return real_addmm(bias, mat1, mat2, **kwargs)
+
+    monkeypatch.setattr(gated_xattn, "cross_attention", kernel)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    g = torch.Generator().manual_seed(13)
+    x, text = torch.randn(2, 9, 32, generator=g), torch.randn(2, 5, 32, generator=g)
+    mask = torch.tensor([[True, True, False, True, False], [False] * 5])
+    out = module(x, text, mask, block=SimpleNamespace(attention=lambda t: t))
+    assert seen["mat1"] == seen["o"]
+    monkeypatch.undo()
+    module.backend = "torch"
+    expected = module(x, text, mask, block=SimpleNamespace(attention=lambda t: t))
+    torch.testing.assert_close(out.x, expected.x, rtol=1e-5, atol=1e-5)
