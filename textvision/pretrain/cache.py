@@ -33,7 +33,7 @@ __all__ = ["PRETRAINING_VERSION", "cache_key", "pretrained_export", "pretrained_
 _logger = logging.getLogger(__name__)
 
 #: bump when the pretraining code changes what a config produces, so old exports are not reused
-PRETRAINING_VERSION = 1
+PRETRAINING_VERSION = 2
 
 
 def resolve_config(path: str | Path) -> Path:
