@@ -204,6 +204,11 @@ class VisionBackbone(nn.Module, ABC):
         has_cls_token: whether position 0 is a CLS token.
         patch_size: ``(ph, pw)``.
         grid_size: native patch grid ``(gh, gw)`` of the position embedding.
+        weights_source: where the weights came from when construction loads them (a library
+            tag such as ``timm:vit_base_patch16_clip_224.openai`` or ``open_clip:ViT-L-14/openai``,
+            or a file); ``None`` when they are randomly initialised. Rebuilding from the same
+            arguments reloads them, so a frozen backbone with a source may be left out of
+            checkpoints (``TextAwareVLM.reloadable_frozen_names``); one without is always saved.
     """
 
     model: nn.Module
@@ -214,6 +219,7 @@ class VisionBackbone(nn.Module, ABC):
     patch_size: tuple[int, int]
     grid_size: tuple[int, int]
     load_report: LoadReport | None
+    weights_source: str | None
 
     def _set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         # Non-persistent: pixel statistics are configuration, not weights, and must not appear as
@@ -293,6 +299,9 @@ class VisionBackbone(nn.Module, ABC):
             )
         report = LoadReport(source=str(path), loaded=sorted(state), ignored=sorted(ignored))
         self.load_report = report
+        # Loaded after construction: rebuilding from the same arguments would not reload these
+        # weights, so they must be saved. (The adapters' ``checkpoint_path`` sets the source.)
+        self.weights_source = None
         _logger.info("%s", report)
         return report
 

@@ -8,10 +8,12 @@ and only its ``visual`` tower is kept, unchanged, in ``self.model``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.factory import parse_model_name
 from open_clip.transformer import ResidualAttentionBlock
 from open_clip.transformer import VisionTransformer as OpenClipVisionTransformer
 from timm.layers import resample_abs_pos_embed
@@ -19,7 +21,25 @@ from torch import nn
 
 from textvision.vision.backbone import BlockView, VisionBackbone
 
-__all__ = ["OpenClipBlockView", "OpenClipViT"]
+__all__ = ["OpenClipBlockView", "OpenClipViT", "library_weights_source"]
+
+
+def library_weights_source(model_name: str, pretrained: str | None) -> str | None:
+    """Where ``open_clip.create_model(model_name, pretrained=pretrained)`` takes the CLIP weights
+    from, or ``None`` for a random init.
+
+    ``hf-hub:`` ids carry their weights; a ``local-dir:`` folder does when it holds a
+    ``.safetensors``/``.bin``/``.pth`` file (the files open_clip's loader looks for, which then
+    ignores ``pretrained``); a plain name takes them from ``pretrained`` (a tag or a file).
+    """
+    schema, identifier = parse_model_name(model_name)
+    if schema == "hf-hub":
+        return model_name
+    if schema == "local-dir":
+        folder = Path(identifier)
+        found = any(next(folder.glob(pattern), None) for pattern in ("*.safetensors", "*.bin", "*.pth"))
+        return model_name if found else None
+    return None if pretrained is None else f"open_clip:{model_name}/{pretrained}"
 
 
 class OpenClipBlockView(BlockView):
@@ -105,8 +125,15 @@ class OpenClipViT(VisionBackbone):
         image_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        source = library_weights_source(model_name, pretrained)
         clip = open_clip.create_model(
-            model_name, pretrained=pretrained, force_image_size=image_size, pretrained_text=False
+            model_name,
+            pretrained=pretrained,
+            force_image_size=image_size,
+            pretrained_text=False,
+            # where weights are expected, their absence is an error, not open_clip's logged
+            # fallback to a random init (which would then be taken for reloadable weights)
+            require_pretrained=source is not None,
         )
         visual = clip.visual
         if not isinstance(visual, OpenClipVisionTransformer):
@@ -132,8 +159,10 @@ class OpenClipViT(VisionBackbone):
             image_std if image_std is not None else preprocess.get("std", open_clip.OPENAI_DATASET_STD),
         )
         self.load_report = None
+        self.weights_source = source
         if checkpoint_path is not None:
             self.load_checkpoint(checkpoint_path)
+            self.weights_source = str(checkpoint_path)
 
     def blocks(self) -> Sequence[nn.Module]:
         return self.model.transformer.resblocks

@@ -170,9 +170,9 @@ class TextAwareVLM(nn.Module):
 
         These are what a checkpoint may leave out: the pretrained LM's frozen weights (all of them,
         or the base weights under LoRA/DoRA), the encoder's frozen ``text_encoder`` (always loaded
-        by name or path), and a frozen ``backbone`` whose weights came from a file
-        (``load_report`` set) or a library tag (a truthy ``pretrained`` attribute). Frozen weights
-        with a random initialisation are never in this set, so they are always saved.
+        by name or path), and a frozen :class:`VisionBackbone` whose weights came from a library
+        tag or a file (its ``weights_source``). Frozen weights with a random initialisation are
+        never in this set, so they are always saved.
         """
         pretrained: set[int] = set()
         if self.language_model.from_pretrained:
@@ -181,9 +181,7 @@ class TextAwareVLM(nn.Module):
         if isinstance(text_encoder, nn.Module):
             pretrained |= {id(p) for p in text_encoder.parameters()}
         backbone = getattr(self.encoder, "backbone", None)
-        if isinstance(backbone, nn.Module) and (
-            getattr(backbone, "load_report", None) is not None or getattr(backbone, "pretrained", False)
-        ):
+        if isinstance(backbone, VisionBackbone) and backbone.weights_source is not None:
             pretrained |= {id(p) for p in backbone.parameters()}
         return {
             name
