@@ -63,7 +63,6 @@ __all__ = [
     "probe_trained",
     "settings_from_args",
     "time_encoder",
-    "time_trained",
     "train_and_evaluate",
     "write_result",
 ]
@@ -567,11 +566,6 @@ def evaluate_trained(
             module.vlm.encoder, images, instructions, repeats=settings.timing_repeats
         )
     return out
-
-
-def time_trained(record: Mapping[str, Any], settings: BenchSettings) -> dict[str, Any]:
-    """Encoder ms/image of a trained run as configured (rebuilt, weights loaded)."""
-    return probe_trained(record, settings)[0]
 
 
 def probe_trained(
