@@ -7,9 +7,16 @@
                              if i in prune_at: keep prefix + top-k patches by score (+ merged token)
     ─► backbone.final_norm ─► EncoderOutput(tokens, kept_indices, relevance)
 
-All init arguments are modules or plain types (keyword-only), so LightningCLI / jsonargparse can
-build the encoder from YAML (``class_path``/``init_args``). At step 0 (all fusion gates zero) the
-output equals the plain backbone's bitwise when no pruning is configured.
+All init arguments are modules, factories or plain types (keyword-only), so LightningCLI /
+jsonargparse can build the encoder from YAML (``class_path``/``init_args``): ``fusion`` is a short
+name or a :class:`~textvision.fusion.Fusion` class with its own settings, built once per block,
+
+    fusion: gated_xattn                                   # a built-in, by its short name
+    fusion: {class_path: my_fusions.ScaledBias, init_args: {alpha: 0.5}}   # any Fusion subclass
+
+and ``scorer`` likewise a short name or a :class:`~textvision.pruning.PatchScorer`. Unknown names
+and classes fail when the config is parsed. At step 0 (all fusion gates zero) the output equals
+the plain backbone's bitwise when no pruning is configured.
 """
 
 from __future__ import annotations
@@ -22,12 +29,16 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-import textvision.fusion  # noqa: F401  (registers the built-in variants)
-from textvision.fusion.base import FUSIONS, Fusion, build_fusion
-from textvision.pretrain.alignment import mean_pool
-from textvision.pruning.pruner import TokenPruner
-from textvision.pruning.scores import cls_attention_scores, token_norm_scores
-from textvision.pruning.text_similarity import TextSimilarityScorer
+from textvision.fusion import FUSIONS, Fusion, FusionFactory, FusionName, resolve_fusion
+from textvision.pruning import (
+    SCORERS,
+    PatchScorer,
+    ScorerName,
+    ScoringInputs,
+    TextSimilarityScorer,
+    TokenPruner,
+    resolve_scorer,
+)
 from textvision.text.encoder import TextEncoder, TextFeatures
 from textvision.vision.backbone import CheckpointMismatchError, LoadReport, VisionBackbone
 
@@ -47,12 +58,12 @@ class EncoderOutput(NamedTuple):
             patch grid (row-major), or None without pruning.
         relevance: ``(B, N)`` float32 instruction relevance over the original patches (mean over
             the blocks that produced it; 0 for patches already dropped there), or None when no
-            block attends to the text. With ``scorer="text_similarity"`` it is the scorer's
+            block attends to the text. With a ``differentiable`` scorer it is the scorer's
             softmax over the patches at the first pruning step (what the selection used).
         selection_logits: ``(B, N)`` log-scores of the first pruning step over the original
             patches (the softmax of which is the selection's distribution), or None without
-            pruning. Differentiable only for ``scorer="text_similarity"`` (the kernels' relevance
-            is detached by contract); a grounding loss reads it.
+            pruning. Differentiable only with a ``differentiable`` scorer (the kernels'
+            relevance is detached by contract); a grounding loss reads it.
     """
 
     tokens: torch.Tensor
@@ -69,20 +80,26 @@ class TextAwareEncoder(nn.Module):
         text_encoder: a :class:`~textvision.text.TextEncoder`; None when text features are always
             passed precomputed (then give ``text_dim``).
         text_dim: width ``Dt`` of precomputed text features (checked against the text encoder).
-        fusion: registered fusion variant: ``none``, ``gated_xattn``, ``adapter_xattn``, ``mutual``, ``film``.
+        fusion: the fusion variant, built once per fused block as ``fusion(dim=, num_heads=,
+            backend=)``: a registered short name (:data:`~textvision.fusion.FUSIONS`), a
+            :class:`~textvision.fusion.Fusion` subclass or a factory of one (YAML: ``class_path``
+            + ``init_args``).
         fusion_blocks: block indices that get a fusion module (default: every block).
         prune_at: blocks after which patches are pruned (0-based), e.g. ``(4,)``.
         keep_ratio: fraction of the present patches kept at each pruning step.
         keep_tokens: patches kept at each step (one int, or one per step).
-        scorer: ``"text"`` (relevance from the fusion's kernel in the pruning block),
-            ``"text_similarity"`` (``similarity``: question–patch similarity of the final-normed
-            patch tokens, trainable), ``"cls_attention"`` (EViT) or ``"token_norm"``.
-        similarity: the :class:`~textvision.pruning.TextSimilarityScorer` for
-            ``scorer="text_similarity"``.
+        scorer: the pruning scorer: a registered short name (:data:`~textvision.pruning.SCORERS`,
+            :mod:`textvision.pruning.scores` describes them) or a
+            :class:`~textvision.pruning.PatchScorer` module (YAML: ``class_path`` + ``init_args``).
+            What the encoder checks follows from the class's declarations (e.g. a scorer that
+            ``reads_fusion_relevance`` needs a text-attending fusion in the pruning blocks).
+        similarity: a built scorer used when ``scorer`` is the short name of its class (a
+            :class:`~textvision.pruning.TextSimilarityScorer`, whose settings a short name
+            cannot carry); dropped with any other scorer. The same as giving it as ``scorer``.
         merge_dropped: fuse the dropped patches into one extra token, score-weighted (EViT).
         keep_order: kept patches in ``"spatial"`` order or best ``"score"`` first.
         relevance_embedding: add ``p_n · e`` to each kept patch ``n`` after the first pruning step,
-            ``p`` the ``text_similarity`` scorer's softmax over the patches and ``e`` a learned,
+            ``p`` a ``differentiable`` scorer's softmax over the patches and ``e`` a learned,
             zero-initialised vector: the tokens that reach the LM say how much the question is
             about them (the LM need not re-find the named object among the kept ones), and the
             answer loss reaches the scorer through ``p`` (relevance-weighted tokens).
@@ -96,12 +113,12 @@ class TextAwareEncoder(nn.Module):
         backbone: VisionBackbone,
         text_encoder: TextEncoder | None = None,
         text_dim: int | None = None,
-        fusion: str = "gated_xattn",
+        fusion: FusionName | FusionFactory = "gated_xattn",
         fusion_blocks: Sequence[int] | None = None,
         prune_at: Sequence[int] = (),
         keep_ratio: float | None = None,
         keep_tokens: int | Sequence[int] | None = None,
-        scorer: str = "text",
+        scorer: ScorerName | PatchScorer = "text",
         similarity: TextSimilarityScorer | None = None,
         merge_dropped: bool = False,
         keep_order: str = "spatial",
@@ -125,59 +142,52 @@ class TextAwareEncoder(nn.Module):
         self.text_dim = int(text_dim)
         self.text_adapter = nn.Linear(self.text_dim, backbone.width)
         depth = backbone.depth
-        if fusion not in FUSIONS:
-            raise KeyError(f"unknown fusion {fusion!r}; registered: {sorted(FUSIONS)}")
+        factory = resolve_fusion(fusion)
         blocks = range(depth) if fusion_blocks is None else sorted({int(i) for i in fusion_blocks})
         self._check_indices("fusion_blocks", blocks, depth)
-        self.fusion_name = fusion
-        self.fusion = nn.ModuleDict(
-            {
-                str(i): build_fusion(
-                    fusion, dim=backbone.width, num_heads=backbone.num_heads, backend=backend
-                )
-                for i in blocks
-            }
-        )
+        self.fusion = nn.ModuleDict()
+        for i in blocks:
+            module = factory(dim=backbone.width, num_heads=backbone.num_heads, backend=backend)
+            if not isinstance(module, Fusion):
+                raise TypeError(f"fusion {fusion!r} built a {type(module).__name__}, not a Fusion")
+            self.fusion[str(i)] = module
         self.pruner = TokenPruner(
             prune_at=prune_at,
             keep_ratio=keep_ratio,
             keep_tokens=keep_tokens,
-            scorer=scorer,
             merge_dropped=merge_dropped,
             order=keep_order,
         )
         self._check_indices("prune_at", self.pruner.prune_at, depth)
-        if scorer == "text_similarity" and similarity is None:
-            raise ValueError("scorer='text_similarity' needs a similarity module (a TextSimilarityScorer)")
-        if similarity is not None and scorer != "text_similarity":
-            # a config may carry the scorer module while an overlay picks another scorer
-            _logger.info("scorer=%r: the text_similarity scorer module is not used and is dropped", scorer)
-            similarity = None
-        if similarity is not None:
-            if similarity.vision_width != backbone.width or similarity.text_width != self.text_dim:
-                raise ValueError(
-                    f"similarity scorer is for widths (vision {similarity.vision_width}, text "
-                    f"{similarity.text_width}), the encoder has ({backbone.width}, {self.text_dim})"
-                )
-        self.similarity = similarity
-        if relevance_embedding and not (self.pruner.enabled and scorer == "text_similarity"):
-            # it marks kept patches by the text_similarity scores: without them it has nothing to mark
-            _logger.info("relevance_embedding needs pruning with scorer='text_similarity'; not used")
+        scorer_module = resolve_scorer(scorer, given=similarity)
+        if similarity is not None and scorer_module is not similarity:
+            # a config may carry the similarity module while an overlay picks another scorer
+            _logger.info("scorer=%r: the similarity module is not used and is dropped", scorer)
+        scorer_module.check_widths(vision_width=backbone.width, text_width=self.text_dim)
+        # Registered as ``similarity``: the state-dict keys of checkpoints trained with the
+        # text-similarity scorer (scorers without parameters add no keys). Read it as ``scorer``.
+        self.similarity = scorer_module
+        pruning_scorer = type(scorer_module).__name__
+        if relevance_embedding and not (self.pruner.enabled and scorer_module.differentiable):
+            # it marks kept patches by a differentiable scorer's scores: without them nothing to mark
+            _logger.info("relevance_embedding needs pruning with a differentiable scorer; not used")
             relevance_embedding = False
         # zero-init: at step 0 the kept tokens are the backbone's own
         self.relevance_embedding = nn.Parameter(torch.zeros(backbone.width)) if relevance_embedding else None
-        if self.pruner.enabled and scorer == "text":
+        if self.pruner.enabled and scorer_module.reads_fusion_relevance:
             blind = [i for i in self.pruner.prune_at if not self._attends(i)]
             if blind:
+                attending = sorted(name for name, cls in FUSIONS.items() if cls.attends_to_text)
+                others = sorted(name for name, cls in SCORERS.items() if not cls.reads_fusion_relevance)
                 raise ValueError(
-                    "scorer='text' reads the relevance of the fusion in the pruning block, "
+                    f"scorer {pruning_scorer} reads the relevance of the fusion in the pruning block, "
                     f"but blocks {blind} "
                     f"have no text-attending fusion (fusion={fusion!r}, fusion_blocks={list(blocks)}); "
-                    "use gated_xattn, adapter_xattn or mutual there, or scorer='cls_attention'/'token_norm'"
+                    f"use one of {attending} there, or a scorer of {others}"
                 )
-        if self.pruner.enabled and scorer == "cls_attention" and not backbone.has_cls_token:
-            raise ValueError("scorer='cls_attention' needs a backbone with a CLS token")
-        if self.pruner.enabled and scorer == "text":
+        if self.pruner.enabled and scorer_module.needs_cls_token and not backbone.has_cls_token:
+            raise ValueError(f"scorer {pruning_scorer} needs a backbone with a CLS token")
+        if self.pruner.enabled and scorer_module.reads_fusion_relevance:
             self.relevance_blocks = self.pruner.prune_at
         else:
             attending = [i for i in blocks if self._attends(i)]
@@ -191,6 +201,11 @@ class TextAwareEncoder(nn.Module):
         bad = [i for i in indices if not 0 <= i < depth]
         if bad:
             raise ValueError(f"{name} {bad} out of range for a backbone with {depth} blocks (0..{depth - 1})")
+
+    @property
+    def scorer(self) -> PatchScorer:
+        """The pruning scorer module (registered as ``similarity``, see ``__init__``)."""
+        return self.similarity
 
     def _attends(self, index: int) -> bool:
         module = self.fusion[str(index)] if str(index) in self.fusion else None
@@ -292,18 +307,19 @@ class TextAwareEncoder(nn.Module):
             if patch_relevance is not None and relevance_sum is not None:
                 relevance_sum.scatter_add_(1, patch_index, patch_relevance)
             if index in prune_steps:
-                logits = None
-                if self.pruner.scorer == "text":
-                    scores = patch_relevance
-                elif self.pruner.scorer == "text_similarity":
-                    assert self.similarity is not None
-                    sentence = mean_pool(hidden.to(x.dtype), mask)
-                    logits = self.similarity(backbone.final_norm(x[:, prefix : prefix + n]), sentence)
-                    scores = logits.softmax(dim=-1)
-                elif self.pruner.scorer == "cls_attention":
-                    scores = cls_attention_scores(view, block_input, num_prefix_tokens=prefix, num_patches=n)
-                else:
-                    scores = token_norm_scores(x[:, prefix : prefix + n])
+                scores, logits = self.scorer.score(
+                    ScoringInputs(
+                        block=view,
+                        block_input=block_input,
+                        x=x,
+                        num_prefix_tokens=prefix,
+                        num_patches=n,
+                        backbone=backbone,
+                        text_hidden=hidden.to(x.device),
+                        text_mask=mask,
+                        fusion_relevance=patch_relevance,
+                    )
+                )
                 if selection_logits is None:  # the first step sees every patch, in grid order
                     selection_logits = logits if logits is not None else scores.float().clamp_min(1e-30).log()
                     if logits is not None:
@@ -339,8 +355,8 @@ class TextAwareEncoder(nn.Module):
         """Trainable parameters by role, for per-group optimizer settings.
 
         Keys: ``fusion`` (fusion layers and their gates), ``text_adapter``, ``backbone``,
-        ``text_encoder``, ``scorer`` (the ``text_similarity`` scorer); frozen parameters are left
-        out, so a group may be empty.
+        ``text_encoder``, ``scorer`` (the pruning scorer's parameters and the relevance
+        embedding); frozen parameters are left out, so a group may be empty.
         """
         groups: dict[str, list[nn.Parameter]] = {
             "fusion": list(self.fusion.parameters()),
@@ -348,7 +364,7 @@ class TextAwareEncoder(nn.Module):
             "backbone": list(self.backbone.parameters()),
             "text_encoder": list(self.text_encoder.parameters()) if self.text_encoder is not None else [],
             "scorer": [
-                *(self.similarity.parameters() if self.similarity is not None else []),
+                *self.scorer.parameters(),
                 *([self.relevance_embedding] if self.relevance_embedding is not None else []),
             ],
         }

@@ -9,21 +9,28 @@ from PIL import Image
 
 from textvision.data.images import to_rgb_tensor
 from textvision.encoder import TextAwareEncoder
+from textvision.fusion import FUSIONS
+from textvision.pruning import SCORERS, TextSimilarityScorer
 from textvision.text import TextEncoder
 
-VARIANTS = ["none", "gated_xattn", "adapter_xattn", "mutual", "film"]
 FAMILIES = ["timm", "timm_nocls", "open_clip"]
-PRUNING = {
-    "no_pruning": {},
-    "text_keep5_after1": {"prune_at": (1,), "keep_tokens": 5, "scorer": "text"},
-    "cls_half_twice_merge": {
-        "prune_at": (0, 2),
-        "keep_ratio": 0.5,
-        "scorer": "cls_attention",
-        "merge_dropped": True,
-    },
-    "norm_keep6_merge": {"prune_at": (2,), "keep_tokens": 6, "scorer": "token_norm", "merge_dropped": True},
+#: pruning schedules (which blocks, how many, merged or not), each run with every registered scorer
+SCHEDULES = {
+    "no_pruning": ({}, 16),
+    "keep5_after1": ({"prune_at": (1,), "keep_tokens": 5}, 5),
+    "half_twice_merge": ({"prune_at": (0, 2), "keep_ratio": 0.5, "merge_dropped": True}, 4),
+    "keep6_after2_merge": ({"prune_at": (2,), "keep_tokens": 6, "merge_dropped": True}, 6),
 }
+PRUNING = [("no_pruning", None)] + [(s, scorer) for s in list(SCHEDULES)[1:] for scorer in sorted(SCORERS)]
+
+
+def _scorer_settings(scorer: str, text_dim: int) -> dict:
+    """A registered scorer by its short name, built when its class needs settings."""
+    try:
+        SCORERS[scorer]()
+    except ValueError:  # e.g. the similarity scorer: its widths are given
+        return {"scorer": scorer, "similarity": SCORERS[scorer](vision_width=32, text_width=text_dim, dim=8)}
+    return {"scorer": scorer}
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +38,19 @@ def bert_encoder(tiny_bert_dir):
     return TextEncoder(model_name=str(tiny_bert_dir), max_length=12)
 
 
-@pytest.mark.parametrize("pruning", list(PRUNING))
+@pytest.mark.parametrize(("schedule", "scorer"), PRUNING, ids=lambda v: str(v))
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("fusion", VARIANTS)
-def test_output_shapes_counts_and_indices(make_backbone, bert_encoder, fusion, family, pruning):
-    config = PRUNING[pruning]
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_output_shapes_counts_and_indices(make_backbone, bert_encoder, fusion, family, schedule, scorer):
+    config, kept = SCHEDULES[schedule]
+    config = {**config, **(_scorer_settings(scorer, bert_encoder.width) if scorer else {})}
     backbone = make_backbone(family)
-    scorer = config.get("scorer")
-    if scorer == "text" and fusion in ("none", "film"):
+    declared = SCORERS.get(scorer)
+    if declared is not None and declared.reads_fusion_relevance and not FUSIONS[fusion].attends_to_text:
         with pytest.raises(ValueError, match="no text-attending fusion"):
             TextAwareEncoder(backbone=backbone, text_encoder=bert_encoder, fusion=fusion, **config)
         return
-    if scorer == "cls_attention" and family == "timm_nocls":
+    if declared is not None and declared.needs_cls_token and not backbone.has_cls_token:
         with pytest.raises(ValueError, match="CLS token"):
             TextAwareEncoder(backbone=backbone, text_encoder=bert_encoder, fusion=fusion, **config)
         return
@@ -56,13 +64,10 @@ def test_output_shapes_counts_and_indices(make_backbone, bert_encoder, fusion, f
     images = torch.rand(2, 3, 32, 32)
     out = encoder(images, ["what colour is the small circle?", ""])
     prefix = backbone.num_prefix_tokens
-    kept = {"no_pruning": 16, "text_keep5_after1": 5, "cls_half_twice_merge": 4, "norm_keep6_merge": 6}[
-        pruning
-    ]
     merged = int(config.get("merge_dropped", False))
     assert out.tokens.shape == (2, prefix + kept + merged, encoder.width) == (2, encoder.num_tokens(), 32)
     assert torch.isfinite(out.tokens).all()
-    if config:
+    if scorer:
         assert out.kept_indices.shape == (2, kept) and out.kept_indices.dtype == torch.long
         assert (
             (out.kept_indices.diff(dim=1) > 0).all()
@@ -71,7 +76,9 @@ def test_output_shapes_counts_and_indices(make_backbone, bert_encoder, fusion, f
         )
     else:
         assert out.kept_indices is None
-    if fusion in ("gated_xattn", "adapter_xattn", "mutual"):
+    if scorer and declared.differentiable:  # the relevance is the scorer's softmax (what it selected by)
+        assert out.relevance.shape == (2, 16) and torch.allclose(out.relevance.sum(1), torch.ones(2))
+    elif FUSIONS[fusion].attends_to_text:
         assert out.relevance.shape == (2, 16) and out.relevance.dtype == torch.float32
         assert torch.isfinite(out.relevance).all() and (out.relevance >= 0).all()
         assert out.relevance[0].sum() > 0 and out.relevance[1].sum() == 0  # empty instruction: no relevance
@@ -177,8 +184,12 @@ def test_config_errors_name_the_setting(make_backbone):
     backbone = make_backbone("timm")
     with pytest.raises(ValueError, match="text_dim"):
         TextAwareEncoder(backbone=backbone)
-    with pytest.raises(KeyError, match="unknown fusion"):
+    with pytest.raises(ValueError, match="unknown fusion 'cross'; registered"):
         TextAwareEncoder(backbone=backbone, text_dim=8, fusion="cross")
+    with pytest.raises(ValueError, match="unknown scorer 'random'; registered"):
+        TextAwareEncoder(backbone=backbone, text_dim=8, scorer="random")
+    with pytest.raises(TypeError, match="not a Fusion"):
+        TextAwareEncoder(backbone=backbone, text_dim=8, fusion=lambda **kw: torch.nn.Identity())
     with pytest.raises(ValueError, match=r"fusion_blocks \[7\] out of range"):
         TextAwareEncoder(backbone=backbone, text_dim=8, fusion_blocks=[0, 7])
     with pytest.raises(ValueError, match=r"prune_at \[3\]"):
@@ -214,5 +225,38 @@ encoder:
     keep_ratio: 0.25
 """)
     encoder = parser.instantiate(config).encoder
-    assert isinstance(encoder, TextAwareEncoder) and encoder.fusion_name == "mutual"
+    assert isinstance(encoder, TextAwareEncoder)
+    assert all(type(m) is FUSIONS["mutual"] for m in encoder.fusion.values())
     assert encoder(torch.rand(1, 3, 32, 32), ["red cat"]).tokens.shape == (1, 1 + 4, 32)
+
+
+def test_fusion_and_scorer_classes_with_their_settings_from_yaml(tiny_bert_dir):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--encoder", type=TextAwareEncoder)
+    config = parser.parse_string("""
+encoder:
+  class_path: textvision.encoder.TextAwareEncoder
+  init_args:
+    backbone:
+      class_path: textvision.vision.TimmViT
+      init_args: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}
+    text_dim: 24
+    fusion:
+      class_path: textvision.fusion.GatedCrossAttention
+    prune_at: [1]
+    keep_tokens: 3
+    scorer:
+      class_path: textvision.pruning.TextSimilarityScorer
+      init_args: {vision_width: 32, text_width: 24, dim: 8}
+""")
+    encoder = parser.instantiate(config).encoder
+    assert sorted(encoder.fusion) == ["0", "1"]  # one module per block, with the encoder's sizes
+    assert all(m.dim == 32 and m.num_heads == 4 for m in encoder.fusion.values())
+    assert (
+        isinstance(encoder.scorer, TextSimilarityScorer) and encoder.scorer.heads.patch_proj.out_features == 8
+    )
+    features = (torch.randn(1, 3, 24), torch.ones(1, 3, dtype=torch.bool))
+    out = encoder(torch.rand(1, 3, 32, 32), text_features=features)
+    assert out.kept_indices.shape == (1, 3) and out.selection_logits.requires_grad

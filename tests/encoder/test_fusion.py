@@ -1,16 +1,26 @@
-"""Fusion variants: registry, exact step-0 equality with the plain backbone, gradient flow."""
+"""Fusion variants, every registered one: exact step-0 equality with the plain backbone, gradient
+flow, the FLOP count each class declares; the registry; variants given as classes or factories."""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
+
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+import textvision.fusion
 from textvision.encoder import TextAwareEncoder
-from textvision.fusion import FUSIONS, Fusion, FusionOutput, build_fusion, register_fusion
+from textvision.fusion import FUSIONS, Fusion, FusionFlops, FusionOutput, register_fusion, resolve_fusion
 
-from .conftest import plain_reference
+from .conftest import plain_reference, tiny_timm
 
-VARIANTS = ["none", "gated_xattn", "adapter_xattn", "mutual", "film"]
+VARIANTS = sorted(FUSIONS)
+TEXT_ATTENDING = [name for name in VARIANTS if FUSIONS[name].attends_to_text]
+#: variants that change the block at all (a gate to open); the text-agnostic baseline has none
+GATED = [name for name in VARIANTS if list(FUSIONS[name](dim=8, num_heads=2).gates())]
 FAMILIES = ["timm", "timm_nocls", "open_clip"]
 
 
@@ -23,12 +33,70 @@ def _text(batch: int, width: int = 24, length: int = 5):
     return hidden, mask
 
 
-def test_registry_holds_the_four_variants():
-    assert {"none", "gated_xattn", "adapter_xattn", "mutual", "film"} <= set(FUSIONS)
-    with pytest.raises(KeyError, match="unknown fusion"):
-        build_fusion("cross", dim=32, num_heads=4)
+def test_every_fusion_module_of_the_package_is_registered():
+    # the package imports its own files: a variant file needs no edit anywhere else
+    modules = {m.name for m in pkgutil.iter_modules(textvision.fusion.__path__, "textvision.fusion.")}
+    declared = {cls.__module__ for cls in FUSIONS.values()}
+    assert declared == modules - {"textvision.fusion.base"}
+    for module in modules - {"textvision.fusion.base"}:  # each variant file's classes are registered
+        defined = [
+            obj
+            for obj in vars(importlib.import_module(module)).values()
+            if isinstance(obj, type) and issubclass(obj, Fusion) and obj.__module__ == module
+        ]
+        assert all(cls in FUSIONS.values() for cls in defined), module
+    assert all(issubclass(cls, Fusion) for cls in FUSIONS.values())
+    assert TEXT_ATTENDING and len(TEXT_ATTENDING) < len(VARIANTS)  # both kinds exist
+
+
+def test_resolve_and_register_errors():
+    with pytest.raises(ValueError, match=r"unknown fusion 'cross'; registered: \['"):
+        resolve_fusion("cross")
+    with pytest.raises(TypeError, match="registered name or a Fusion factory"):
+        resolve_fusion(3)  # type: ignore[arg-type]
+    name = VARIANTS[0]
+    assert resolve_fusion(name) is FUSIONS[name] and resolve_fusion(FUSIONS[name]) is FUSIONS[name]
     with pytest.raises(KeyError, match="already registered"):
-        register_fusion("film")(Fusion)
+        register_fusion(name)(Fusion)
+    with pytest.raises(TypeError, match="Fusion subclass"):
+        register_fusion("test_not_a_fusion")(torch.nn.Linear)
+    assert "test_not_a_fusion" not in FUSIONS
+
+
+@pytest.mark.parametrize("fusion", VARIANTS)
+def test_declared_flops_equal_the_counted_flops_of_the_forward(fusion):
+    # what bench/cost_model.py reads: FlopCounterMode counts the matmuls and attention of the
+    # variant's forward (gates open), less the block's own attention sub-layer
+    torch.manual_seed(0)
+    backbone = tiny_timm()
+    view = backbone.block(0)
+    x = backbone.embed(torch.rand(2, 3, 32, 32))
+    text, mask = torch.randn(2, 5, backbone.width), torch.ones(2, 5, dtype=torch.bool)
+    cls = FUSIONS[fusion]
+    module = cls(dim=backbone.width, num_heads=backbone.num_heads, backend="torch")
+    with torch.no_grad():
+        for gate in module.gates():
+            gate.fill_(0.5)
+
+    def counted(step) -> int:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return counter.get_total_flops()
+
+    own = counted(lambda: module(x, text, mask, block=view)) - counted(lambda: view.attention(x))
+    declared = cls.flops(
+        batch=2, tokens=x.shape[1], text_tokens=5, dim=backbone.width, num_heads=backbone.num_heads
+    )
+    assert isinstance(declared, FusionFlops) and declared.total == own
+    assert (declared.attention > 0) == cls.attends_to_text
+
+
+def test_a_variant_without_a_flop_count_says_so():
+    class Uncounted(Fusion):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Uncounted does not define its FLOP count"):
+        Uncounted.flops(batch=1, tokens=2, text_tokens=3, dim=8, num_heads=2)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -46,7 +114,7 @@ def test_step_zero_output_equals_plain_backbone_exactly(make_backbone, family, f
     reference = plain_reference(backbone, images)
     assert torch.equal(out.tokens, reference), (out.tokens - reference).abs().max()
     # the fusion path really ran: with the gates opened the output changes
-    if fusion != "none":
+    if fusion in GATED:
         for module in encoder.fusion.values():
             for gate in module.gates():
                 gate.fill_(0.5)
@@ -54,7 +122,7 @@ def test_step_zero_output_equals_plain_backbone_exactly(make_backbone, family, f
 
 
 @pytest.mark.parametrize("family", ["timm", "open_clip"])
-@pytest.mark.parametrize("fusion", ["gated_xattn", "adapter_xattn", "mutual", "film"])
+@pytest.mark.parametrize("fusion", GATED)
 def test_gradients_reach_fusion_and_adapter_but_not_frozen_parts(make_backbone, family, fusion):
     torch.manual_seed(0)
     encoder = TextAwareEncoder(backbone=make_backbone(family), text_dim=24, fusion=fusion).train()
@@ -88,28 +156,34 @@ def test_gradients_reach_fusion_and_adapter_but_not_frozen_parts(make_backbone, 
 
 def test_unfrozen_backbone_trains_too(make_backbone):
     encoder = TextAwareEncoder(
-        backbone=make_backbone("timm"), text_dim=24, fusion="film", freeze_backbone=False
+        backbone=make_backbone("timm"), text_dim=24, fusion=GATED[0], freeze_backbone=False
     )
     encoder(torch.rand(1, 3, 32, 32), text_features=_text(1)).tokens.sum().backward()
     assert encoder.backbone.model.blocks[0].attn.qkv.weight.grad is not None
     assert encoder.parameter_groups()["backbone"]
 
 
-def test_custom_variant_is_one_class(make_backbone):
-    name = "test_scaled_residual"
-    if name not in FUSIONS:
+class ScaledResidual(Fusion):
+    """A user's variant with a setting of its own, never registered."""
 
-        @register_fusion(name)
-        class ScaledResidual(Fusion):
-            def __init__(self, *, dim, num_heads, backend="auto"):
-                super().__init__(dim=dim, num_heads=num_heads, backend=backend)
-                self.gate = torch.nn.Parameter(torch.zeros(1))
+    def __init__(self, *, dim: int, num_heads: int, backend: str = "auto", alpha: float = 1.0) -> None:
+        super().__init__(dim=dim, num_heads=num_heads, backend=backend)
+        self.alpha = alpha
+        self.gate = torch.nn.Parameter(torch.zeros(1))
 
-            def forward(self, x, text, text_mask, *, block, need_relevance=False):
-                return FusionOutput(block.attention(x) * (1 + self.gate), text, None)
+    def forward(self, x, text, text_mask, *, block, need_relevance=False):
+        return FusionOutput(block.attention(x) * (1 + self.alpha * self.gate), text, None)
 
+
+@pytest.mark.parametrize(
+    "fusion", [ScaledResidual, functools.partial(ScaledResidual, alpha=0.5)], ids=["class", "partial"]
+)
+def test_custom_variant_is_one_class_or_factory(make_backbone, fusion):
     backbone = make_backbone("timm")
-    encoder = TextAwareEncoder(backbone=backbone, text_dim=24, fusion=name, fusion_blocks=[0, 2]).eval()
+    encoder = TextAwareEncoder(backbone=backbone, text_dim=24, fusion=fusion, fusion_blocks=[0, 2]).eval()
     images = torch.rand(1, 3, 32, 32)
     assert sorted(encoder.fusion) == ["0", "2"]
+    assert encoder.fusion["0"] is not encoder.fusion["2"]  # one module per block
+    expected_alpha = getattr(fusion, "keywords", {}).get("alpha", 1.0)
+    assert all(m.alpha == expected_alpha and m.dim == backbone.width for m in encoder.fusion.values())
     assert torch.equal(encoder(images, text_features=_text(1)).tokens, plain_reference(backbone, images))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from textvision.encoder import TextAwareEncoder
+from textvision.fusion import FUSIONS
 
 from .conftest import tiny_timm
 
@@ -21,7 +22,7 @@ def _triton_ready() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("fusion", ["gated_xattn", "adapter_xattn", "mutual"])
+@pytest.mark.parametrize("fusion", sorted(n for n, cls in FUSIONS.items() if cls.attends_to_text))
 def test_torch_and_triton_backends_agree(fusion):
     reason = _triton_ready()
     if reason:

@@ -1,15 +1,24 @@
-"""Pure pruning functions: counts, order, ties, merging, scorers."""
+"""Pure pruning functions: counts, order, ties, merging; the scorers, every registered one."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import pytest
 import torch
 
+import textvision.pruning
 from textvision.pruning import (
+    SCORERS,
+    PatchScorer,
+    ScoringInputs,
     TokenPruner,
     cls_attention_scores,
     keep_count,
     prune_tokens,
+    register_scorer,
+    resolve_scorer,
     token_norm_scores,
     top_k_sorted,
 )
@@ -99,9 +108,92 @@ def test_scorers():
 def test_token_pruner_config_errors():
     with pytest.raises(ValueError, match="exactly one"):
         TokenPruner(prune_at=(1,))
-    with pytest.raises(ValueError, match="unknown scorer"):
-        TokenPruner(prune_at=(1,), keep_ratio=0.5, scorer="random")
     with pytest.raises(ValueError, match="2 entries for 1"):
         TokenPruner(prune_at=(1,), keep_tokens=[3, 2])
     pruner = TokenPruner(prune_at=(3, 1), keep_tokens=[8, 4])
     assert pruner.prune_at == (1, 3) and pruner.keep(1, 8) == 4
+
+
+def _build(cls: type[PatchScorer], *, vision_width: int, text_width: int) -> PatchScorer:
+    """A registered scorer, given its widths when it needs settings (the similarity scorer)."""
+    try:
+        return resolve_scorer(next(name for name, c in SCORERS.items() if c is cls))
+    except ValueError:
+        return cls(vision_width=vision_width, text_width=text_width, dim=8)
+
+
+def _scoring_inputs(backbone, x, hidden, mask, relevance) -> ScoringInputs:
+    view = backbone.block(0)
+    out = view.mlp(view.attention(x))
+    return ScoringInputs(
+        block=view,
+        block_input=x,
+        x=out,
+        num_prefix_tokens=1,
+        num_patches=16,
+        backbone=backbone,
+        text_hidden=hidden,
+        text_mask=mask,
+        fusion_relevance=relevance,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_every_scorer_depends_on_the_text_as_it_declares(name):
+    torch.manual_seed(0)
+    cls = SCORERS[name]
+    backbone = tiny_timm()
+    scorer = _build(cls, vision_width=backbone.width, text_width=12)
+    x = backbone.embed(torch.rand(2, 3, 32, 32))
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    # two instructions; the fusion relevance a text-attending block would return for each
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        relevance = torch.rand(2, 16).softmax(-1)
+        results.append(scorer.score(_scoring_inputs(backbone, x, torch.randn(2, 4, 12), mask, relevance)))
+    for out in results:
+        assert out.scores.shape == (2, 16) and (out.scores >= 0).all() and torch.isfinite(out.scores).all()
+        assert (out.logits is not None) == cls.differentiable
+        if out.logits is not None:
+            torch.testing.assert_close(out.logits.softmax(-1), out.scores)
+            assert out.logits.requires_grad
+    assert torch.equal(results[0].scores, results[1].scores) != cls.attends_to_text
+
+
+def test_scorer_declarations_are_what_the_encoder_needs():
+    backbone = tiny_timm()
+    x = backbone.embed(torch.rand(1, 3, 32, 32))
+    hidden, mask = torch.randn(1, 4, 12), torch.ones(1, 4, dtype=torch.bool)
+    for cls in SCORERS.values():
+        scorer = _build(cls, vision_width=backbone.width, text_width=12)
+        if cls.reads_fusion_relevance:  # without a text-attending fusion there is nothing to read
+            with pytest.raises(ValueError, match="no relevance"):
+                scorer.score(_scoring_inputs(backbone, x, hidden, mask, None))
+        else:
+            scorer.score(_scoring_inputs(backbone, x, hidden, mask, None))
+    assert any(c.attends_to_text for c in SCORERS.values()) and not all(
+        c.attends_to_text for c in SCORERS.values()
+    )
+
+
+def test_every_scorer_module_of_the_package_is_registered():
+    modules = {m.name for m in pkgutil.iter_modules(textvision.pruning.__path__, "textvision.pruning.")}
+    for module in modules:
+        for obj in vars(importlib.import_module(module)).values():
+            if isinstance(obj, type) and issubclass(obj, PatchScorer) and obj is not PatchScorer:
+                assert obj in SCORERS.values(), obj
+
+
+def test_resolve_and_register_scorer_errors():
+    with pytest.raises(ValueError, match=r"unknown scorer 'random'; registered: \['"):
+        resolve_scorer("random")
+    with pytest.raises(TypeError, match="registered name or a PatchScorer"):
+        resolve_scorer(3)  # type: ignore[arg-type]
+    name = sorted(SCORERS)[0]
+    with pytest.raises(KeyError, match="already registered"):
+        register_scorer(name)(PatchScorer)
+    with pytest.raises(TypeError, match="PatchScorer subclass"):
+        register_scorer("test_not_a_scorer")(torch.nn.Linear)
+    custom = PatchScorer()
+    assert resolve_scorer(custom) is custom

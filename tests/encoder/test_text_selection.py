@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from textvision.encoder import TextAwareEncoder
 from textvision.pretrain.alignment import mean_pool
-from textvision.pruning import TextSimilarityScorer, grounding_loss, kept_target_rate, top_k_sorted
+from textvision.pruning import SCORERS, TextSimilarityScorer, grounding_loss, kept_target_rate, top_k_sorted
 
 from .conftest import tiny_timm
 
@@ -127,13 +127,31 @@ def test_score_order_puts_the_best_patch_first_and_the_relevance_embedding_marks
 
 
 def test_selection_config_errors_and_unused_scorer_modules():
-    with pytest.raises(ValueError, match="needs a similarity module"):
+    with pytest.raises(ValueError, match="scorer='text_similarity' needs its settings"):
         _encoder(similarity=None)
-    plain = _encoder(scorer="cls_attention", relevance_embedding=True)
-    assert plain.similarity is None and plain.relevance_embedding is None  # dropped: nothing to score
+    agnostic = next(
+        name for name, cls in SCORERS.items() if not cls.attends_to_text and not cls.differentiable
+    )
+    plain = _encoder(scorer=agnostic, relevance_embedding=True)
+    # dropped: the similarity module (another scorer prunes), the embedding (nothing to mark by)
+    assert type(plain.scorer) is SCORERS[agnostic] and plain.relevance_embedding is None
+    assert not any(k.startswith("similarity.") for k in plain.state_dict())
     scorer = TextSimilarityScorer(vision_width=16, text_width=TEXT_DIM)
     with pytest.raises(ValueError, match="widths"):
         _encoder(similarity=scorer)
+    with pytest.raises(ValueError, match="widths"):
+        _encoder(scorer=scorer, similarity=None)
+
+
+def test_the_scorer_given_as_a_module_equals_the_old_name_plus_similarity_form():
+    old = _encoder()
+    new = _encoder(scorer=TextSimilarityScorer(vision_width=32, text_width=TEXT_DIM, dim=16), similarity=None)
+    assert old.state_dict().keys() == new.state_dict().keys()  # checkpoints keep their keys
+    assert any(k.startswith("similarity.") for k in new.state_dict())
+    new.load_state_dict(old.state_dict())
+    images, features = _inputs()
+    a, b = old(images, text_features=features), new(images, text_features=features)
+    assert torch.equal(a.kept_indices, b.kept_indices) and torch.equal(a.selection_logits, b.selection_logits)
 
 
 def test_sentence_embedding_the_scorer_reads_is_the_mean_of_valid_tokens():

@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from textvision.fusion.base import Fusion, FusionOutput, register_fusion
+from textvision.fusion.base import Fusion, FusionFlops, FusionOutput, attention_flops, register_fusion
 from textvision.kernels import cross_attention
 from textvision.vision.backbone import BlockView
 
@@ -69,3 +69,12 @@ class AdapterCrossAttention(Fusion):
 
         x = block.attention_plus(x, text_heads)
         return FusionOutput(x, text, relevance[0] if relevance else None)
+
+    @classmethod
+    def flops(cls, *, batch: int, tokens: int, text_tokens: int, dim: int, num_heads: int) -> FusionFlops:
+        # k/v over the text only: the queries and the output projection are the block's own
+        matmul = 2.0 * batch * text_tokens * dim * 2 * dim
+        core = attention_flops(
+            batch=batch, heads=num_heads, n_query=tokens, n_key=text_tokens, head_dim=dim // num_heads
+        )
+        return FusionFlops(matmul, core)

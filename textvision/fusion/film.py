@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from textvision.fusion.base import Fusion, FusionOutput, register_fusion
+from textvision.fusion.base import Fusion, FusionFlops, FusionOutput, register_fusion
 from textvision.vision.backbone import BlockView
 
 __all__ = ["FiLMFusion"]
@@ -43,3 +43,8 @@ class FiLMFusion(Fusion):
         scale, shift = self.to_scale_shift(pooled).unsqueeze(1).chunk(2, dim=-1)
         gate = torch.tanh(self.gate)
         return FusionOutput(x * (1 + gate * scale) + gate * shift, text, None)
+
+    @classmethod
+    def flops(cls, *, batch: int, tokens: int, text_tokens: int, dim: int, num_heads: int) -> FusionFlops:
+        # one (D -> 2D) projection of the pooled text per image; the modulation is element-wise
+        return FusionFlops(2.0 * batch * dim * 2 * dim, 0.0)

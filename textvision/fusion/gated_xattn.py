@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from textvision.fusion.base import Fusion, FusionOutput, register_fusion
+from textvision.fusion.base import Fusion, FusionFlops, FusionOutput, attention_flops, register_fusion
 from textvision.kernels import cross_attention
 from textvision.vision.backbone import BlockView
 
@@ -62,3 +62,12 @@ class GatedCrossAttention(Fusion):
         gated_weight = torch.tanh(self.gate) * self.proj.weight
         x = torch.addmm(x.reshape(-1, self.dim), o, gated_weight.t()).view_as(x)
         return FusionOutput(x, text, relevance)
+
+    @classmethod
+    def flops(cls, *, batch: int, tokens: int, text_tokens: int, dim: int, num_heads: int) -> FusionFlops:
+        # q and output projection over the patches, k/v over the text; attention over T keys
+        matmul = 2.0 * batch * (2 * tokens * dim * dim + text_tokens * dim * 2 * dim)
+        core = attention_flops(
+            batch=batch, heads=num_heads, n_query=tokens, n_key=text_tokens, head_dim=dim // num_heads
+        )
+        return FusionFlops(matmul, core)

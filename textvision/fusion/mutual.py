@@ -28,7 +28,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from textvision.fusion.base import Fusion, FusionOutput, register_fusion
+from textvision.fusion.base import Fusion, FusionFlops, FusionOutput, attention_flops, register_fusion
 from textvision.kernels import mutual_attention
 from textvision.vision.backbone import BlockView
 
@@ -79,3 +79,15 @@ class MutualAttentionFusion(Fusion):
         x = x + torch.tanh(self.gate) * (a_mutual - a_self)
         text = text + torch.tanh(self.text_gate) * self.text_proj(rearrange(o_txt, "b h t d -> b t (h d)"))
         return FusionOutput(x, text, relevance)
+
+    @classmethod
+    def flops(cls, *, batch: int, tokens: int, text_tokens: int, dim: int, num_heads: int) -> FusionFlops:
+        # Beside the block's own self-attention (kept for the zero-init blend): q/k/v of the
+        # patches again and of the text, the output projection of the mutual patch heads, the
+        # text stream's projection; one attention of every query over all N + T keys.
+        n_all = tokens + text_tokens
+        matmul = 2.0 * batch * (n_all * dim * 3 * dim + tokens * dim * dim + text_tokens * dim * dim)
+        core = attention_flops(
+            batch=batch, heads=num_heads, n_query=n_all, n_key=n_all, head_dim=dim // num_heads
+        )
+        return FusionFlops(matmul, core)

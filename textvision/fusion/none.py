@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textvision.fusion.base import Fusion, FusionOutput, register_fusion
+from textvision.fusion.base import Fusion, FusionFlops, FusionOutput, register_fusion
 from textvision.vision.backbone import BlockView
 
 __all__ = ["NoFusion"]
@@ -24,3 +24,7 @@ class NoFusion(Fusion):
         need_relevance: bool = False,
     ) -> FusionOutput:
         return FusionOutput(block.attention(x), text, None)
+
+    @classmethod
+    def flops(cls, *, batch: int, tokens: int, text_tokens: int, dim: int, num_heads: int) -> FusionFlops:
+        return FusionFlops(0.0, 0.0)

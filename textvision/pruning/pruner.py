@@ -1,4 +1,6 @@
-"""``TokenPruner``: the pruning schedule of the encoder (where, how many, which scorer, merge or not)."""
+"""``TokenPruner``: the pruning schedule of the encoder (where, how many, merge or not, in which order).
+
+Which patches score highest is the encoder's scorer (:mod:`textvision.pruning.scores`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from textvision.pruning.scores import SCORERS
 from textvision.pruning.selection import KEEP_ORDERS, PrunedTokens, keep_count, prune_tokens
 
 __all__ = ["TokenPruner"]
@@ -20,8 +21,6 @@ class TokenPruner(nn.Module):
         prune_at: block indices (0-based) after which to prune, e.g. ``(4,)``.
         keep_ratio: fraction of the patches present at each step to keep.
         keep_tokens: patches to keep, one int for every step or one per step.
-        scorer: ``"text"`` (kernel relevance), ``"text_similarity"`` (a trainable question–patch
-            similarity), ``"cls_attention"`` or ``"token_norm"``.
         merge_dropped: fuse the dropped patches into one extra token (EViT).
         order: kept patches in ``"spatial"`` order (default) or best ``"score"`` first.
     """
@@ -32,7 +31,6 @@ class TokenPruner(nn.Module):
         prune_at: Sequence[int] = (),
         keep_ratio: float | None = None,
         keep_tokens: int | Sequence[int] | None = None,
-        scorer: str = "text",
         merge_dropped: bool = False,
         order: str = "spatial",
     ) -> None:
@@ -43,8 +41,6 @@ class TokenPruner(nn.Module):
         self.prune_at = tuple(sorted(int(i) for i in prune_at))
         if len(set(self.prune_at)) != len(self.prune_at):
             raise ValueError(f"prune_at has repeated blocks: {list(prune_at)}")
-        if scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {scorer!r}; choose from {SCORERS}")
         if self.prune_at and (keep_ratio is None) == (keep_tokens is None):
             raise ValueError("pruning needs exactly one of keep_ratio and keep_tokens")
         if isinstance(keep_tokens, Sequence):
@@ -58,7 +54,6 @@ class TokenPruner(nn.Module):
         if keep_ratio is not None:
             keep_count(1, keep_ratio=keep_ratio)  # validates the range
         self.keep_ratio = keep_ratio
-        self.scorer = scorer
         self.merge_dropped = merge_dropped
 
     @property
@@ -94,5 +89,5 @@ class TokenPruner(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"prune_at={self.prune_at}, keep_ratio={self.keep_ratio}, keep_tokens={self.keep_tokens}, "
-            f"scorer={self.scorer!r}, merge_dropped={self.merge_dropped}, order={self.order!r}"
+            f"merge_dropped={self.merge_dropped}, order={self.order!r}"
         )

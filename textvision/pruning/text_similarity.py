@@ -13,15 +13,17 @@ differentiable, so a grounding loss on them trains the selection (``EncoderOutpu
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from textvision.pretrain.alignment import DenseAlignmentHeads
+from textvision.pretrain.alignment import DenseAlignmentHeads, mean_pool
+from textvision.pruning.scores import PatchScorer, PatchScores, ScoringInputs, register_scorer
 
 __all__ = ["TextSimilarityScorer"]
 
 
-class TextSimilarityScorer(nn.Module):
-    """Question–patch similarity logits ``(B, n)``.
+@register_scorer("text_similarity")
+class TextSimilarityScorer(PatchScorer):
+    """Question–patch similarity logits ``(B, n)`` of the final-normed patch tokens.
 
     Args:
         pretraining: a vision-pretraining config (e.g. ``configs/pretrain/demo_vit.yaml``); its
@@ -33,6 +35,7 @@ class TextSimilarityScorer(nn.Module):
     """
 
     attends_to_text = True
+    differentiable = True
 
     def __init__(
         self,
@@ -80,3 +83,17 @@ class TextSimilarityScorer(nn.Module):
         text = self.heads.embed_text(sentence.to(patches.dtype))
         cos = torch.einsum("bd,bnd->bn", text, self.heads.embed_patches(patches))
         return cos * self.heads.log_scale.exp()
+
+    def check_widths(self, *, vision_width: int, text_width: int) -> None:
+        if (self.vision_width, self.text_width) != (vision_width, text_width):
+            raise ValueError(
+                f"similarity scorer is for widths (vision {self.vision_width}, text {self.text_width}), "
+                f"the encoder has ({vision_width}, {text_width})"
+            )
+
+    def score(self, inputs: ScoringInputs) -> PatchScores:
+        # the sentence is the mean of the frozen text encoder's tokens, as in the pretraining
+        # that made the projections; the patches are final-normed, as the pretraining saw them
+        sentence = mean_pool(inputs.text_hidden.to(inputs.x.dtype), inputs.text_mask)
+        logits = self(inputs.backbone.final_norm(inputs.patches), sentence)
+        return PatchScores(logits.softmax(dim=-1), logits)
