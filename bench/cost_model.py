@@ -17,6 +17,9 @@ Counting conventions (those of FlashAttention and ``../shared/research/kernels.m
   and the relevance vector; the **two-pass** path re-reads Q and K from HBM plus per-tile column
   statistics.
 
+Each fusion variant counts its own FLOPs (``Fusion.flops``, beside its forward); the encoder
+model adds them to the plain blocks' and its table has a row per registered variant.
+
 The roofline time of a call is ``max(flops / peak_flops, bytes / peak_bandwidth)``; a measured
 time gives the fraction of that bound reached. Ceilings for an H100 SXM5 are the spec numbers
 (989 TFLOP/s dense bf16, 3.35 TB/s) that the kernels issue asks to report against.
@@ -30,6 +33,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from textvision.fusion import FUSIONS, Fusion, attention_flops, resolve_fusion
 
 __all__ = [
     "H100_SXM",
@@ -81,7 +86,7 @@ H100_SXM = Roofline("H100 SXM5 (spec, bf16 dense)", peak_flops=989e12, peak_band
 
 
 def _attention_flops(batch: int, heads: int, n_query: int, n_key: int, head_dim: int) -> float:
-    return 4.0 * batch * heads * n_query * n_key * head_dim
+    return attention_flops(batch=batch, heads=heads, n_query=n_query, n_key=n_key, head_dim=head_dim)
 
 
 def cross_attention_cost(
@@ -168,7 +173,7 @@ def encoder_forward_cost(
     text_width: int | None = None,
     mlp_ratio: float = 4.0,
     class_token: bool = True,
-    fusion: str = "gated_xattn",
+    fusion: str | type[Fusion] = "gated_xattn",
     fusion_blocks: Sequence[int] | None = None,
     prune_at: Sequence[int] = (),
     keep_tokens: int | None = None,
@@ -177,19 +182,24 @@ def encoder_forward_cost(
 ) -> dict:
     """FLOPs of one text-aware ViT forward (patch embedding excluded), block by block.
 
-    Pruning after block ``i`` (0-based, as in ``prune_at``) shrinks the patch count of every
-    later block. Returns ``{"total_flops", "attention_flops", "blocks": [...]}`` where each
-    block entry gives its token count and FLOPs split into self-attention, fusion and MLP.
+    ``fusion`` is a registered short name or a :class:`~textvision.fusion.Fusion` subclass; the
+    FLOPs of a fused block are the plain block's plus the variant's own ``Fusion.flops``. The
+    text adapter (``text_width → width``, once per forward) is counted when ``text_width`` is
+    given and a block is fused. Pruning after block ``i`` (0-based, as in ``prune_at``) shrinks
+    the patch count of every later block. Returns ``{"total_flops", "attention_flops", "blocks":
+    [...]}`` where each block entry gives its token count and FLOPs split into self-attention,
+    fusion and MLP.
     """
-    if fusion not in {"none", "gated_xattn", "mutual", "film"}:
-        raise ValueError(f"unknown fusion {fusion!r}")
+    variant = resolve_fusion(fusion)  # ValueError naming the registered ones for an unknown name
+    if not (isinstance(variant, type) and issubclass(variant, Fusion)):
+        raise TypeError(f"the cost model counts a Fusion subclass's FLOPs, got {fusion!r}")
     head_dim = width // heads
     fused = set(range(depth) if fusion_blocks is None else fusion_blocks)
     hidden = int(width * mlp_ratio)
     n_keep = n_patches
     blocks = []
     total = attention_total = 0.0
-    if fusion != "none" and text_width is not None:
+    if fused and text_width is not None:
         total += 2.0 * batch * n_text * text_width * width  # text adapter, once
     for index in range(depth):
         n = n_keep + int(class_token)
@@ -197,17 +207,10 @@ def encoder_forward_cost(
         self_attention = gemm(n, width, 3 * width) + gemm(n, width, width)
         attention = _attention_flops(batch, heads, n, n, head_dim)
         fusion_flops = 0.0
-        if index in fused and fusion == "gated_xattn":
-            # q from patches, k/v from text, output projection; attention over T keys
-            cross = _attention_flops(batch, heads, n, n_text, head_dim)
-            fusion_flops = gemm(n, width, width) * 2 + gemm(n_text, width, 2 * width) + cross
-            attention_total += cross
-        elif index in fused and fusion == "mutual":
-            # text stream gets its own qkv/proj; both streams attend over [patches; text]
-            attention = _attention_flops(batch, heads, n + n_text, n + n_text, head_dim)
-            fusion_flops = gemm(n_text, width, 3 * width) + gemm(n_text, width, width)
-        elif index in fused and fusion == "film":
-            fusion_flops = gemm(1, width, 2 * width)
+        if index in fused:
+            own = variant.flops(batch=batch, tokens=n, text_tokens=n_text, dim=width, num_heads=heads)
+            fusion_flops = own.total
+            attention_total += own.attention
         mlp = gemm(n, width, hidden) + gemm(n, hidden, width)
         block_flops = self_attention + attention + fusion_flops + mlp
         attention_total += attention
@@ -266,22 +269,19 @@ def _kernel_rows(roofline: Roofline) -> list[dict]:
 
 
 def _encoder_rows() -> list[dict]:
-    """ViT-S/16 @224 with T=32, the encoder benchmark's model, with and without pruning."""
+    """ViT-S/16 @224 with T=32, the encoder benchmark's model: the plain ViT, then every
+    registered fusion variant in all blocks, without and with pruning to 25% after block 4."""
     common = dict(batch=1, depth=12, width=384, heads=6, n_patches=196, n_text=32, text_width=384)
-    settings = [
-        ("plain ViT-S/16", dict(fusion="none")),
-        ("gated_xattn, all blocks", dict(fusion="gated_xattn")),
-        (
-            "gated_xattn + prune to 25% after block 4",
-            dict(fusion="gated_xattn", prune_at=(4,), keep_ratio=0.25),
-        ),
-        ("mutual, all blocks", dict(fusion="mutual")),
-        ("film, all blocks", dict(fusion="film")),
-    ]
-    plain = encoder_forward_cost(**common, fusion="none")["total_flops"]
+    settings: list[tuple[str, dict]] = [("plain ViT-S/16", dict(fusion_blocks=(), text_width=None))]
+    for name in sorted(FUSIONS):
+        settings.append((f"{name}, all blocks", dict(fusion=name)))
+        settings.append(
+            (f"{name} + prune to 25% after block 4", dict(fusion=name, prune_at=(4,), keep_ratio=0.25))
+        )
+    plain = encoder_forward_cost(**{**common, **settings[0][1]})["total_flops"]
     rows = []
     for name, kwargs in settings:
-        cost = encoder_forward_cost(**common, **kwargs)
+        cost = encoder_forward_cost(**{**common, **kwargs})
         rows.append(
             {
                 "encoder": name,
