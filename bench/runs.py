@@ -345,12 +345,22 @@ def evaluate_sets(vlm: torch.nn.Module, datasets: Mapping[str, Any], *, batch_si
             vlm, name, data=dataset, mode="options", batch_size=batch_size, progress=False
         )
         metrics = result["metrics"]["option-loglik"]
-        entry: dict[str, Any] = {"accuracy": metrics["accuracy"], "items": metrics["total"]}
-        if "pair_accuracy" in metrics:
-            entry.update(pair_accuracy=metrics["pair_accuracy"], pairs=metrics["pairs"])
+        # The bench records keep their own field names (results/ holds records written with them).
+        entry: dict[str, Any] = {"accuracy": metrics["acc"], "items": metrics["n"]}
+        if "pair_acc" in metrics:
+            entry.update(pair_accuracy=metrics["pair_acc"], pairs=metrics["n_pairs"])
         entry["per_category"] = {
-            cat: {k: v for k, v in m.items() if k in ("accuracy", "pair_accuracy", "total", "pairs")}
-            for cat, m in result["per_category"]["option-loglik"].items()
+            cat: {
+                name: m[key]
+                for name, key in (
+                    ("accuracy", "acc"),
+                    ("pair_accuracy", "pair_acc"),
+                    ("total", "n"),
+                    ("pairs", "n_pairs"),
+                )
+                if key in m
+            }
+            for cat, m in metrics.get("by_category", {}).items()
         }
         out[name] = entry
     return out

@@ -146,8 +146,8 @@ def draw_examples(module, datamodule, out_dir: Path, *, per_set: int = 2) -> lis
     """Relevance heatmap + kept patches for the first ``per_set`` test items of every set, titled
     with the question, the model's option-scored answer and the gold answer."""
     from textvision.data.collate import collate_samples
+    from textvision.eval.evaluator import choose_options
     from textvision.visualize import draw_relevance
-    from textvision.vlm.model import choose_options
 
     vlm = module.vlm.eval()
     encoder = vlm.encoder

@@ -4,9 +4,15 @@ One stage as in Prismatic (Karamcheti et al., 2024): every trainable group (proj
 text adapter, LM or its LoRA/DoRA adapters, optionally the backbone) trains together from step
 0, each with its own learning rate; AdamW with linear warmup and cosine decay.
 
-Evaluation scores every option by the LM's log-likelihood (``TextAwareVLM.score_options``) and
-reports, per evaluation set: loss, accuracy, pair accuracy (MMVP's metric: a pair counts only if
-all its items are right) where items carry ``pair_id >= 0``, and the chance level of both.
+Evaluation scores every option by the LM's log-likelihood and goes through the eval package's
+own two steps, as ``textvision eval`` does: :func:`textvision.eval.evaluator.option_records`
+(scores → predictions; NaN/inf scores count wrong, never as an answer) and
+:func:`textvision.eval.metrics.summarize` (accuracy, MMVP pair accuracy over complete pairs,
+chance levels, per category), so the module logs, the demo's ``metrics.json`` and the evaluator
+share one definition and one set of names. Per evaluation set it logs
+``<stage>/<set>/<metric>`` (``loss``, ``acc``, ``chance_acc``, ``pair_acc``, ``chance_pair_acc``,
+``invalid``, ``kept_target``, ``exact_match``), ``<stage>/<set>/<category>/acc``, and
+``<stage>/acc``, the mean accuracy over sets.
 
 Checkpoints hold trainable weights only: frozen weights that construction reloads from their
 pretrained source (``TextAwareVLM.reloadable_frozen_names``) are dropped from ``state_dict`` and
@@ -26,40 +32,14 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from textvision.eval.evaluator import choose_options, option_records
+from textvision.eval.metrics import summarize
 from textvision.pruning.selection import grounding_loss, kept_target_rate
-from textvision.vlm.model import TextAwareVLM, choose_options
+from textvision.vlm.model import TextAwareVLM
 
-__all__ = ["TextVisionModule", "evaluation_metrics"]
+__all__ = ["TextVisionModule"]
 
 _STAGES = ("val", "test")
-
-
-def evaluation_metrics(correct: Tensor, num_options: Tensor, pair_ids: Tensor) -> dict[str, float]:
-    """Accuracy, pair accuracy and their chance levels from per-item results.
-
-    Args:
-        correct: (N,) bool, the item's top-scored option is its label.
-        num_options: (N,) long, how many options the item had (chance = 1 / that).
-        pair_ids: (N,) long, ``-1`` for items outside any pair.
-
-    Returns a dict with ``acc``, ``chance_acc``, ``n`` and, when pairs exist, ``pair_acc``,
-    ``chance_pair_acc`` and ``n_pairs`` (a pair is right only if all its items are right; its
-    chance is the product of its items' chances).
-    """
-    n = int(correct.numel())
-    if n == 0:
-        return {"n": 0}
-    chance = 1.0 / num_options.clamp_min(1).double()
-    out = {"acc": correct.double().mean().item(), "chance_acc": chance.mean().item(), "n": n}
-    in_pair = pair_ids >= 0
-    if in_pair.any():
-        ids, inverse = torch.unique(pair_ids[in_pair], return_inverse=True)
-        wrong = torch.zeros(len(ids), dtype=torch.long).index_add_(0, inverse, (~correct[in_pair]).long())
-        log_chance = torch.zeros(len(ids), dtype=torch.double).index_add_(0, inverse, chance[in_pair].log())
-        out["pair_acc"] = (wrong == 0).double().mean().item()
-        out["chance_pair_acc"] = log_chance.exp().mean().item()
-        out["n_pairs"] = len(ids)
-    return out
 
 
 class TextVisionModule(LightningModule):
@@ -143,9 +123,8 @@ class TextVisionModule(LightningModule):
         # Checkpoints leave out frozen pretrained weights, so loading is non-strict; on_load_checkpoint
         # checks that exactly those (and nothing else) are missing.
         self.strict_loading = False
-        self._records: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
-        # question categories seen in evaluation, in order of appearance (ids in the records)
-        self.category_names: list[str] = []
+        # "<stage>/<set>" -> "items" (option_records' records), "kept_target", "exact_match"
+        self._records: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
         self.eval_results: dict[str, dict[str, dict[str, float]]] = {}
 
     # ------------------------------------------------------------------ training
@@ -179,44 +158,22 @@ class TextVisionModule(LightningModule):
         size = len(batch["answer"])
         loss = lm.loss(visual, batch["prompt"], batch["answer"])
         self.log(f"{stage}/{name}/loss", loss, batch_size=size, add_dataloader_idx=False, sync_dist=True)
-        labels = torch.as_tensor(batch["label"], device=self.device).long()
-        pair_ids = torch.as_tensor(batch.get("pair_id", [-1] * size), device=self.device).long()
-        has_options = torch.tensor([len(o) > 0 for o in batch["options"]], device=self.device)
         out: dict[str, Tensor] = {"loss": loss}
-        if has_options.any():
+        rec = self._records[f"{stage}/{name}"]
+        if any(batch["options"]):
             scores = lm.score(
                 visual, batch["prompt"], batch["options"], length_normalize=self.vlm.length_normalize
             )
-            pred = choose_options(scores, [len(o) for o in batch["options"]])  # -1: broken scores
-            keep = has_options & (labels >= 0)
-            rec = self._records[f"{stage}/{name}"]
-            rec["correct"].append((pred == labels)[keep].cpu())
-            rec["invalid"].append((pred < 0)[keep].cpu())
-            rec["num_options"].append(torch.tensor([len(o) for o in batch["options"]])[keep.cpu()])
-            rec["pair_id"].append(pair_ids[keep].cpu())
-            rec["category"].append(self._category_ids(batch.get("category"), size)[keep.cpu()])
-            out["pred"] = pred
+            rec["items"].extend(option_records(scores, batch))
         if "target_patch" in batch:
             kept = getattr(encoded, "kept_indices", None)
-            self._records[f"{stage}/{name}"]["kept_target"].append(
-                kept_target_rate(kept, batch["target_patch"], reduce=False).cpu()
-            )
+            rec["kept_target"].extend(kept_target_rate(kept, batch["target_patch"], reduce=False).tolist())
         if self.hparams.eval_generate:
             replies = lm.generate(visual, batch["prompt"], max_new_tokens=self.hparams.max_new_tokens)
-            match = [
+            rec["exact_match"].extend(
                 r.strip().lower() == a.strip().lower() for r, a in zip(replies, batch["answer"], strict=True)
-            ]
-            self._records[f"{stage}/{name}"]["exact_match"].append(torch.tensor(match))
+            )
         return out
-
-    def _category_ids(self, categories: list[str] | None, size: int) -> Tensor:
-        """``(B,)`` long ids of the items' question categories (the names in ``self.category_names``)."""
-        ids = []
-        for category in categories or [""] * size:
-            if category not in self.category_names:
-                self.category_names.append(category)
-            ids.append(self.category_names.index(category))
-        return torch.tensor(ids, dtype=torch.long)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         return self._eval_step(batch, "val", dataloader_idx)
@@ -224,70 +181,50 @@ class TextVisionModule(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         return self._eval_step(batch, "test", dataloader_idx)
 
-    def _gather(self, tensors: list[Tensor]) -> Tensor:
-        local = torch.cat(tensors) if tensors else torch.empty(0)
+    def _gather(self, values: list[Any]) -> list[Any]:
+        """Every rank's ``values`` concatenated (the evaluation loaders split items over ranks)."""
         if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
-            return local
+            return list(values)
         parts: list[Any] = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(parts, local)
-        return torch.cat(parts)
+        torch.distributed.all_gather_object(parts, list(values))
+        return [value for part in parts for value in part]
 
     def _eval_epoch_end(self, stage: str) -> None:
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict[str, Any]] = {}
         for key in sorted(k for k in self._records if k.startswith(f"{stage}/")):
             rec = self._records[key]
             name = key.split("/", 1)[1]
-            metrics = evaluation_metrics(
-                self._gather(rec["correct"]).bool(),
-                self._gather(rec["num_options"]).long(),
-                self._gather(rec["pair_id"]).long(),
-            )
-            if rec["invalid"]:
-                # items whose option scores were NaN/inf: counted as wrong, never as an answer
-                invalid = self._gather(rec["invalid"]).bool()
-                metrics["n_invalid"] = int(invalid.sum())
-                metrics["invalid"] = invalid.double().mean().item() if invalid.numel() else 0.0
-                if metrics["n_invalid"]:
-                    rank_zero_warn(
-                        f"{stage}/{name}: {metrics['n_invalid']} of {invalid.numel()} items had NaN/inf "
-                        "option scores; they are counted as wrong (metric 'invalid')"
-                    )
-            if rec["exact_match"]:
-                metrics["exact_match"] = self._gather(rec["exact_match"]).double().mean().item()
-            if rec["kept_target"]:
-                hits = self._gather(rec["kept_target"]).long()
-                if bool((hits >= 0).any()):
-                    metrics["kept_target"] = hits[hits >= 0].double().mean().item()
-            if rec["category"]:
-                category = self._gather(rec["category"]).long()
-                correct = self._gather(rec["correct"]).bool()
-                num_options = self._gather(rec["num_options"]).long()
-                pair_id = self._gather(rec["pair_id"]).long()
-                by_category = {}
-                for cid in sorted(set(category.tolist())):
-                    sel = category == cid
-                    by_category[self.category_names[cid]] = evaluation_metrics(
-                        correct[sel], num_options[sel], pair_id[sel]
-                    )
-                if len(by_category) > 1 or "" not in by_category:
-                    metrics["by_category"] = by_category
+            items = self._gather(rec["items"])
+            metrics = summarize(items)
+            if metrics.get("n_invalid"):
+                rank_zero_warn(
+                    f"{stage}/{name}: {metrics['n_invalid']} of {len(items)} items had NaN/inf "
+                    "option scores; they are counted as wrong (metric 'invalid')"
+                )
+            exact = self._gather(rec["exact_match"])
+            if exact:
+                metrics["exact_match"] = sum(exact) / len(exact)
+            hits = [hit for hit in self._gather(rec["kept_target"]) if hit >= 0]
+            if hits:
+                # how often the queried object's patch survived pruning, over items that name it
+                metrics["kept_target"] = sum(hits) / len(hits)
             results[name] = metrics
             for metric, value in metrics.items():
                 if metric == "by_category":
                     for category, cat_metrics in value.items():
-                        self.log(
-                            f"{stage}/{name}/{category}/acc",
-                            cat_metrics["acc"],
-                            add_dataloader_idx=False,
-                            rank_zero_only=True,
-                        )
-                elif metric != "n" and not metric.startswith("n_"):
+                        if cat_metrics["acc"] is not None:
+                            self.log(
+                                f"{stage}/{name}/{category}/acc",
+                                cat_metrics["acc"],
+                                add_dataloader_idx=False,
+                                rank_zero_only=True,
+                            )
+                elif value is not None and metric != "n" and not metric.startswith("n_"):
                     self.log(f"{stage}/{name}/{metric}", value, add_dataloader_idx=False, rank_zero_only=True)
-        if results:
-            accs = [m["acc"] for m in results.values() if "acc" in m]
-            if accs:
-                # One number for checkpoint selection: the mean accuracy over evaluation sets.
-                self.log(f"{stage}/acc", sum(accs) / len(accs), prog_bar=True, rank_zero_only=True)
+        accs = [m["acc"] for m in results.values() if m.get("acc") is not None]
+        if accs:
+            # One number for checkpoint selection: the mean accuracy over evaluation sets.
+            self.log(f"{stage}/acc", sum(accs) / len(accs), prog_bar=True, rank_zero_only=True)
         self.eval_results[stage] = results
         for key in [k for k in self._records if k.startswith(f"{stage}/")]:
             del self._records[key]

@@ -41,3 +41,12 @@ def test_collate_errors_name_the_samples():
     del broken["answer"]
     with pytest.raises(ValueError, match=r"id0.*answer"):
         collate_samples([broken])
+
+
+def test_collate_keeps_extras_every_sample_carries():
+    samples = [dict(_sample(i), option_texts=["left", "right"], note=i) for i in range(3)]
+    del samples[1]["note"]  # carried by some samples only: not batched
+    batch = collate_samples(samples)
+    assert batch["option_texts"] == [["left", "right"]] * 3
+    assert "note" not in batch
+    assert batch["target_patch"].tolist() == [-1, -1, -1]  # optional key, always a tensor

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from textvision.eval.cli import infer_image_size, main
-from textvision.eval.evaluator import collate_eval, default_parsers, evaluate_multiple_choice
+from textvision.eval.evaluator import default_parsers, evaluate_multiple_choice, option_records
 from textvision.eval.run import evaluate_benchmark, load_benchmark, resolve_callable
 
 
@@ -65,11 +65,12 @@ def test_text_option_pairs_in_both_modes(kit, scripted_model):
         scorer = result["parsers"][0]
         assert scorer == ("option-exact" if mode == "generate" else "option-loglik")
         m = result["metrics"][scorer]
-        assert (m["correct"], m["total"], m["pairs_correct"], m["pairs"]) == (9, 12, 3, 6)
-        per = result["per_category"][scorer]
-        assert per["orientation"]["pairs_correct"] == 2  # pairs 0 and 3
-        assert per["count"]["pairs_correct"] == 1 and per["colour"]["pairs_correct"] == 0
-        assert result["headline"]["metric"] == "pair_accuracy"
+        assert (m["n_correct"], m["n"], m["n_pairs_correct"], m["n_pairs"]) == (9, 12, 3, 6)
+        assert (m["chance_acc"], m["chance_pair_acc"]) == (0.5, 0.25)
+        per = m["by_category"]
+        assert per["orientation"]["n_pairs_correct"] == 2  # pairs 0 and 3
+        assert per["count"]["n_pairs_correct"] == 1 and per["colour"]["n_pairs_correct"] == 0
+        assert result["headline"]["metric"] == "pair_acc"
 
 
 def test_letter_options_use_cascade_and_strict_parsers(kit, scripted_model):
@@ -97,10 +98,10 @@ def test_letter_options_use_cascade_and_strict_parsers(kit, scripted_model):
         progress=False,
     )
     assert result["parsers"] == ["letter-cascade", "strict"]
-    assert result["metrics"]["letter-cascade"]["correct"] == 3
-    assert result["metrics"]["strict"]["correct"] == 2
-    assert "pair_accuracy" not in result["metrics"]["strict"]
-    assert result["headline"]["metric"] == "accuracy"
+    assert result["metrics"]["letter-cascade"]["n_correct"] == 3
+    assert result["metrics"]["strict"]["n_correct"] == 2
+    assert "pair_acc" not in result["metrics"]["strict"]
+    assert result["headline"]["metric"] == "acc"
 
 
 def test_default_parsers_per_benchmark():
@@ -149,7 +150,7 @@ def test_synthetic_factory_through_the_cli(tmp_path, monkeypatch, kit, scripted_
         model=scripted_model({}, default="yes"),
     )
     metrics = result["metrics"]["option-loglik"]
-    assert (metrics["correct"], metrics["total"], metrics["pairs_correct"]) == (3, 6, 0)
+    assert (metrics["n_correct"], metrics["n"], metrics["n_pairs_correct"]) == (3, 6, 0)
     assert json.loads((out / "mmvp_pairs-options.json").read_text())["run"]["image_size"] == 8
     with pytest.raises(ImportError, match="no_such_module"):
         resolve_callable("no_such_module:build")
@@ -170,16 +171,20 @@ class _BrokenModel:
         return self.replies
 
 
-def test_misbehaving_models_and_bad_samples_fail_clearly(kit):
+def test_misbehaving_models_and_bad_samples_fail_clearly(kit, caplog):
     samples = _pairs_set(kit, n_pairs=1)
-    with pytest.raises(ValueError, match="not valid log-likelihoods"):
-        evaluate_multiple_choice(
-            _BrokenModel(scores=torch.tensor([[0.0, math.nan], [0.0, 1.0]])),
-            samples,
-            benchmark="x",
-            progress=False,
-        )
-    with pytest.raises(ValueError, match=r"score_options returned \(2, 1\)"):
+    # a NaN score is never turned into an answer: the item counts wrong, named in a warning
+    result = evaluate_multiple_choice(
+        _BrokenModel(scores=torch.tensor([[0.0, math.nan], [0.0, 1.0]])),
+        samples,
+        benchmark="x",
+        progress=False,
+    )
+    metrics = result["metrics"]["option-loglik"]
+    assert (metrics["n_invalid"], metrics["n_correct"], metrics["pair_acc"]) == (1, 1, 0.0)
+    assert result["items"][0]["prediction"] is None and result["items"][0]["invalid"]
+    assert "pair0-0" in caplog.text
+    with pytest.raises(ValueError, match=r"option scores are \(2, 1\)"):
         evaluate_multiple_choice(
             _BrokenModel(scores=torch.zeros(2, 1)), samples, benchmark="x", progress=False
         )
@@ -189,16 +194,48 @@ def test_misbehaving_models_and_bad_samples_fail_clearly(kit):
         )
     with pytest.raises(ValueError, match="mode must be"):
         evaluate_multiple_choice(_BrokenModel(), samples, benchmark="x", mode="beam")
+    model = _BrokenModel(scores=torch.zeros(2, 2))
     mixed = _pairs_set(kit, n_pairs=2)
-    with pytest.raises(ValueError, match="give image_size"):
-        collate_eval(mixed[1:3])
+    with pytest.raises(ValueError, match="textvision eval --image-size"):
+        evaluate_multiple_choice(model, mixed[1:3], benchmark="x", progress=False)
     bad = dict(samples[0], answer="right")
     with pytest.raises(ValueError, match="sample 'pair0-0': answer 'right' is not options"):
-        collate_eval([bad])
+        evaluate_multiple_choice(model, [bad, samples[1]], benchmark="x", progress=False)
     with pytest.raises(ValueError, match=r"lacks keys \['pair_id'\]"):
-        collate_eval([{k: v for k, v in samples[0].items() if k != "pair_id"}])
+        evaluate_multiple_choice(
+            model, [{k: v for k, v in s.items() if k != "pair_id"} for s in samples], benchmark="x"
+        )
     with pytest.raises(TypeError, match="score_options"):
         evaluate_benchmark(object(), "mmvp_pairs", samples, progress=False)
+
+
+def test_option_records_score_a_collated_batch():
+    from textvision.data.collate import collate_samples
+
+    samples = []
+    for i, options in enumerate((["a", "b", "c"], ["a", "b"], [], ["x", "y"])):
+        samples.append(
+            {
+                "image": torch.zeros(3, 2, 2),
+                "instruction": "q",
+                "prompt": "q?",
+                "answer": options[1] if options else "free",
+                "options": options,
+                "label": 1 if options else -1,
+                "id": f"i{i}",
+                "pair_id": i // 2,
+                "category": "c",
+            }
+        )
+    scores = torch.tensor(
+        [[0.0, 1.0, 1.0], [2.0, 1.0, -math.inf], [0.0, 0.0, 0.0], [math.inf, 0.0, -math.inf]]
+    )
+    records = option_records(scores, collate_samples(samples))
+    assert [r["id"] for r in records] == ["i0", "i1", "i3"]  # the free-form item is not scored
+    assert [r["prediction"] for r in records] == ["b", "a", None]  # first maximum on a tie; +inf: none
+    assert [r["correct"] for r in records] == [True, False, False]
+    assert [r["invalid"] for r in records] == [False, False, True]
+    assert [r["num_options"] for r in records] == [3, 2, 2] and records[1]["scores"] == [2.0, 1.0]
 
 
 def test_infer_image_size_reads_nested_attributes():
@@ -268,14 +305,14 @@ def test_real_synthetic_sets_through_the_cli(tmp_path, name, style, mode):
         model=_LookupModel(table),
     )
     metrics = result["metrics"][result["headline"]["scorer"]]
-    assert (metrics["correct"], metrics["total"]) == (7, 8)
+    assert (metrics["n_correct"], metrics["n"]) == (7, 8)
     if name == "mmvp_pairs":
-        assert (metrics["pairs_correct"], metrics["pairs"]) == (3, 4)  # item 2 breaks pair 1
-        assert result["headline"]["metric"] == "pair_accuracy"
+        assert (metrics["n_pairs_correct"], metrics["n_pairs"]) == (3, 4)  # item 2 breaks pair 1
+        assert result["headline"]["metric"] == "pair_acc"
     else:
         assert result["parsers"] == ["letter-cascade", "strict"]
-    categories = result["per_category"][result["headline"]["scorer"]]
-    assert sum(c["total"] for c in categories.values()) == 8
+    categories = metrics["by_category"]
+    assert sum(c["n"] for c in categories.values()) == 8
     assert result["dataset"]["seed"] == 3 and result["dataset"]["split"] == "test"
     assert [item["id"] for item in result["items"]] == [s["id"] for s in items]
 

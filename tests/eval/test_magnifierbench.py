@@ -73,9 +73,9 @@ def test_generate_mode_reports_both_parsers_over_all_rows(saved_dataset, scripte
     )
     assert result["parsers"] == ["official-lenient", "strict"]
     lenient, strict = result["metrics"]["official-lenient"], result["metrics"]["strict"]
-    assert (lenient["correct"], lenient["total"], lenient["accuracy"]) == (5, 7, pytest.approx(LENIENT))
-    assert (strict["correct"], strict["total"], strict["accuracy"]) == (4, 7, pytest.approx(STRICT))
-    assert result["headline"]["metric"] == "accuracy" and result["headline"]["scorer"] == "official-lenient"
+    assert (lenient["n_correct"], lenient["n"], lenient["acc"]) == (5, 7, pytest.approx(LENIENT))
+    assert (strict["n_correct"], strict["n"], strict["acc"]) == (4, 7, pytest.approx(STRICT))
+    assert result["headline"]["metric"] == "acc" and result["headline"]["scorer"] == "official-lenient"
     by_id = {item["id"]: item for item in result["items"]}
     assert by_id["m7"]["predictions"] == {"official-lenient": "B", "strict": "other"}
     assert by_id["m7"]["correct"] == {"official-lenient": True, "strict": False}
@@ -89,7 +89,7 @@ def test_options_mode_scores_the_letters(saved_dataset, scripted_model):
         scripted_model(letters), "magnifierbench", saved_dataset, mode="options", image_size=8, progress=False
     )
     metrics = result["metrics"]["option-loglik"]
-    assert (metrics["correct"], metrics["total"]) == (5, 7)
+    assert (metrics["n_correct"], metrics["n"]) == (5, 7)
     assert result["items"][0]["scores"] == [-5.0, 0.0, -5.0, -5.0]
 
 
@@ -124,8 +124,8 @@ def test_dataset_dict_parquet_and_json_sources_agree(tmp_path, kit, scripted_mod
             image_size=8,
             progress=False,
         )
-        assert result["metrics"]["official-lenient"]["accuracy"] == pytest.approx(LENIENT), source
-        assert result["metrics"]["strict"]["accuracy"] == pytest.approx(STRICT), source
+        assert result["metrics"]["official-lenient"]["acc"] == pytest.approx(LENIENT), source
+        assert result["metrics"]["strict"]["acc"] == pytest.approx(STRICT), source
 
 
 def test_single_image_column(tmp_path, kit):

@@ -107,14 +107,14 @@ def test_hand_made_predictions_score_as_hand_computed(
     )
     scorer = "lmms-eval" if mode == "generate" else "option-loglik"
     metrics = result["metrics"][scorer]
-    assert (metrics["correct"], metrics["total"]) == (correct, 300)
-    assert (metrics["pairs_correct"], metrics["pairs"], metrics["incomplete_pairs"]) == (
+    assert (metrics["n_correct"], metrics["n"]) == (correct, 300)
+    assert (metrics["n_pairs_correct"], metrics["n_pairs"], metrics["n_incomplete_pairs"]) == (
         pairs_correct,
         150,
         0,
     )
-    assert metrics["accuracy"] == pytest.approx(correct / 300)
-    assert result["headline"] == {"metric": "pair_accuracy", "scorer": scorer, "value": pairs_correct / 150}
+    assert metrics["acc"] == pytest.approx(correct / 300)
+    assert result["headline"] == {"metric": "pair_acc", "scorer": scorer, "value": pairs_correct / 150}
     assert result["dataset"]["errata"] is errata
     assert len(result["items"]) == 300
     item_99 = next(item for item in result["items"] if item["id"] == "99")
@@ -133,7 +133,7 @@ def test_image_blind_model_gets_no_pair(mmvp_root, scripted_model):
         progress=False,
     )
     metrics = result["metrics"]["lmms-eval"]
-    assert (metrics["accuracy"], metrics["pair_accuracy"]) == (0.5, 0.0)
+    assert (metrics["acc"], metrics["pair_acc"]) == (0.5, 0.0)
 
 
 def _write_csv(kit, root: Path, text: str, *, encoding: str = "utf-8", images=(1, 2)) -> Path:
@@ -220,8 +220,8 @@ def test_missing_image_raises_naming_it_or_is_skipped_and_counted(tmp_path, kit,
     )
     metrics = result["metrics"]["lmms-eval"]
     # the half pair (3, 4) cannot count
-    assert (metrics["pairs_correct"], metrics["pairs"], metrics["incomplete_pairs"]) == (1, 1, 1)
-    assert (metrics["correct"], metrics["total"]) == (3, 3)
+    assert (metrics["n_pairs_correct"], metrics["n_pairs"], metrics["n_incomplete_pairs"]) == (1, 1, 1)
+    assert (metrics["n_correct"], metrics["n"]) == (3, 3)
     assert result["dataset"]["skipped_missing_images"] == bench.skipped
 
 
@@ -272,7 +272,7 @@ def test_cli_writes_json_and_markdown(mmvp_root, scripted_model, tmp_path, capsy
     assert data["dataset"]["errata"] is True and data["run"]["errata"] is True
     assert data["parsers"] == ["lmms-eval"]
     assert data["run"]["model"] == "ScriptedModel" and data["run"]["checkpoint"] is None
-    assert data["metrics"]["lmms-eval"]["pairs_correct"] == 11
+    assert data["metrics"]["lmms-eval"]["n_pairs_correct"] == 11
     assert len(data["items"]) == 300 and data["items"][0]["reply"] == model.replies[1]
     markdown = (out / "mmvp-generate-errata.md").read_text()
     assert "pair accuracy 7.3 %" in markdown
@@ -361,7 +361,9 @@ def test_datasets_copy_with_corrected_labels(tmp_path, kit, mmvp_questions_file,
             progress=False,
         )
         metrics = result["metrics"]["lmms-eval"]
-        assert (metrics["correct"], metrics["pairs_correct"], metrics["pairs"]) == (161, 11, 150), source
+        assert (metrics["n_correct"], metrics["n_pairs_correct"], metrics["n_pairs"]) == (161, 11, 150), (
+            source
+        )
 
 
 def test_datasets_copy_bad_rows(tmp_path, kit, mmvp_questions_file):

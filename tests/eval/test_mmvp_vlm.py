@@ -64,13 +64,13 @@ def test_known_answers_per_category_and_average(tmp_path, header):
     root = _write_set(tmp_path / "vlm", header=header)
     bench = MMVPVLMBenchmark(root, image_size=16, pairs_per_category=1)
     result = score_mmvp_vlm(ColourScorer(), bench, batch_pairs=2, progress=False)
-    per = result["per_category"]
-    assert list(per) == list(MMVP_VLM_CATEGORIES[:3])
-    assert [per[c]["pair_accuracy"] for c in per] == [1.0, 0.0, 0.0]
     metrics = result["metrics"]
-    assert metrics["average"] == pytest.approx(1 / 3) and metrics["categories"] == 3
-    assert (metrics["pairs_correct"], metrics["pairs"]) == (1, 3)
-    assert metrics["statement_accuracy"] == pytest.approx(4 / 6)
+    per = metrics["by_category"]
+    assert list(per) == list(MMVP_VLM_CATEGORIES[:3])
+    assert [per[c]["pair_acc"] for c in per] == [1.0, 0.0, 0.0]
+    assert metrics["average"] == pytest.approx(1 / 3) and metrics["n_categories"] == 3
+    assert (metrics["n_pairs_correct"], metrics["n_pairs"], metrics["pair_acc"]) == (1, 3, 1 / 3)
+    assert metrics["statement_acc"] == pytest.approx(4 / 6)
     items = result["items"]
     assert items[1]["pred"] == ["img1", "img1"] and items[1]["gt"] == ["img1", "img2"]
     assert items[2]["p_image1"][0] == pytest.approx(0.5) and items[2]["pred"][0] == "img2"
@@ -169,7 +169,7 @@ def test_open_clip_scorer_end_to_end(tmp_path, tiny_clip):
     root = _write_set(tmp_path / "vlm")
     scorer = OpenCLIPScorer(model, tokenizer)
     result = evaluate_benchmark(scorer, "mmvp_vlm", root, image_size=scorer.image_size, progress=False)
-    assert result["metrics"]["pairs"] == 3
+    assert result["metrics"]["n_pairs"] == 3
     # the prediction is P(image 1 | statement) > 0.5 with P the softmax over the pair's two images
     bench = MMVPVLMBenchmark(root, image_size=32)
     pair = bench.pairs[1]
@@ -201,7 +201,7 @@ def test_cli_mmvp_vlm_with_injected_scorer(tmp_path):
     assert result["headline"]["metric"] == "average"
     data = json.loads((out / "mmvp_vlm.json").read_text())
     # 15 pairs per category by default: all three pairs are in the first category
-    assert data["per_category"][MMVP_VLM_CATEGORIES[0]]["pairs_correct"] == 1
+    assert data["metrics"]["by_category"][MMVP_VLM_CATEGORIES[0]]["n_pairs_correct"] == 1
     markdown = (out / "mmvp_vlm.md").read_text()
     assert "| **average of 1 categories** | **33.3** | |" in markdown
     with pytest.raises(TypeError, match="similarity"):
@@ -237,5 +237,5 @@ def test_cli_builds_an_open_clip_model_by_name(tmp_path):
     )
     assert result["run"]["model"] == "OpenCLIPScorer" and result["run"]["image_size"] == 32
     assert result["run"]["config"] == {"open_clip_model": "tv-tiny-clip", "open_clip_pretrained": None}
-    assert result["metrics"]["pairs"] == 3 and 0.0 <= result["metrics"]["average"] <= 1.0
+    assert result["metrics"]["n_pairs"] == 3 and 0.0 <= result["metrics"]["average"] <= 1.0
     assert (out / "mmvp_vlm.json").is_file()

@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from textvision.train.checkpointing import SafetensorsCheckpointIO, load_state_dict_safetensors
-from textvision.train.module import TextVisionModule, evaluation_metrics
+from textvision.train.module import TextVisionModule
 from textvision.vlm.language_model import LanguageModel
 from textvision.vlm.model import TextAwareVLM
 
@@ -146,18 +146,38 @@ def test_delayed_groups_must_be_trainable_groups():
         TextVisionModule(tiny_vlm(), delay_steps={"fusion": -1})
 
 
-def test_evaluation_metrics_hand_computed():
-    correct = torch.tensor([True, True, True, False, False, True, True])
-    n_opts = torch.tensor([2, 2, 4, 4, 2, 2, 3])
-    pairs = torch.tensor([0, 0, 1, 1, 2, 2, -1])
-    m = evaluation_metrics(correct, n_opts, pairs)
-    assert m["acc"] == pytest.approx(5 / 7)
-    assert m["chance_acc"] == pytest.approx((0.5 + 0.5 + 0.25 + 0.25 + 0.5 + 0.5 + 1 / 3) / 7)
-    assert m["pair_acc"] == pytest.approx(1 / 3) and m["n_pairs"] == 3
-    assert m["chance_pair_acc"] == pytest.approx((0.25 + 1 / 16 + 0.25) / 3)
-    assert evaluation_metrics(torch.tensor([], dtype=torch.bool), torch.tensor([]), torch.tensor([])) == {
-        "n": 0
-    }
+def test_validation_scores_and_names_metrics_as_the_evaluator_does():
+    """The module's validation = option_records + summarize on the same items: an incomplete
+    pair (7 items: pair 3 has one member) is excluded, and the names are the eval package's."""
+    from tv_test_parts import TinyDataModule, collate
+
+    from textvision.eval.evaluator import option_records
+    from textvision.eval.metrics import summarize
+
+    torch.manual_seed(0)
+    module = TextVisionModule(tiny_vlm())
+    data = TinyDataModule(batch_size=3, num_val=7)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=data, verbose=False)
+    result = module.eval_results["val"]["tiny_a"]
+    assert (result["n"], result["n_pairs"], result["n_incomplete_pairs"]) == (7, 3, 1)
+    module.vlm.eval()
+    with torch.no_grad():
+        batch = collate(data.val_sets[0])
+        scores = module.vlm.score_options(
+            batch["image"], batch["instruction"], batch["prompt"], batch["options"]
+        )
+    expected = summarize(option_records(scores, batch))
+    assert set(result) == set(expected) and set(result["by_category"]) == {"top", "bottom"}
+    for name in ("acc", "chance_acc", "pair_acc", "chance_pair_acc", "n_pairs_correct", "n_invalid"):
+        assert result[name] == pytest.approx(expected[name]), name
+    logged = trainer.callback_metrics
+    for name in ("acc", "chance_acc", "pair_acc", "chance_pair_acc", "invalid", "loss", "top/acc"):
+        assert f"val/tiny_a/{name}" in logged, name
+    assert "val/tiny_a/n" not in logged and "val/tiny_a/n_pairs" not in logged
+    assert logged["val/acc"].item() == pytest.approx(
+        (result["acc"] + module.eval_results["val"]["tiny_b"]["acc"]) / 2
+    )
 
 
 @pytest.mark.parametrize("finetune", ["lora", "dora"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from textvision.eval.evaluator import choose_options
 from textvision.vision import demo_vit
 from textvision.vision.backbone import check_pixels
-from textvision.vlm.model import choose_options
 
 HERE = Path(__file__).resolve().parents[1] / "train"
 

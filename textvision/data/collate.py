@@ -17,8 +17,10 @@ class Batch(TypedDict):
     """A collated batch of ``B`` samples (see :mod:`textvision.data.sample` for each key).
 
     ``image`` is ``(B, 3, H, W)``; ``label``, ``pair_id`` and ``target_patch`` (``-1`` for samples
-that do not name it) are ``(B,)`` long tensors; every other
-    key is a list of length ``B`` (``options`` a list of lists, lengths may differ).
+    that do not name it) are ``(B,)`` long tensors; every other key is a list of length ``B``
+    (``options`` a list of lists, lengths may differ). Keys beyond the sample contract that every
+    sample of the batch carries (a benchmark's extras, e.g. MMVP's ``option_texts``) are kept as
+    lists too, so the evaluator can copy them into its per-item results.
     """
 
     image: Tensor
@@ -52,9 +54,12 @@ def collate_samples(samples: Sequence[dict]) -> Batch:
         odd = [s["id"] for s in samples if tuple(s["image"].shape) != first][:5]
         raise ValueError(
             f"images of one batch must share a size: {samples[0]['id']!r} is {first}, "
-            f"but {odd} differ (all sizes: {sorted(shapes)})"
+            f"but {odd} differ (all sizes: {sorted(shapes)}); resize them when loading "
+            "(image_size; `textvision eval --image-size`)"
         )
-    return Batch(
+    known = {*SAMPLE_KEYS, "target_patch"}
+    extras = [key for key in samples[0] if key not in known and all(key in s for s in samples[1:])]
+    batch = Batch(
         image=torch.stack([s["image"] for s in samples]),
         instruction=[s["instruction"] for s in samples],
         prompt=[s["prompt"] for s in samples],
@@ -66,3 +71,6 @@ def collate_samples(samples: Sequence[dict]) -> Batch:
         category=[s["category"] for s in samples],
         target_patch=torch.tensor([int(s.get("target_patch", -1)) for s in samples], dtype=torch.long),
     )
+    for key in extras:
+        batch[key] = [s[key] for s in samples]  # type: ignore[literal-required]
+    return batch

@@ -11,12 +11,16 @@ A model (:class:`~textvision.eval.protocol.MultipleChoiceModel`) answers each
   parser of the benchmark maps it to a prediction, and each parser is scored separately. The
   first parser is the headline one (the official/harness parser).
 
-Scored items go through :mod:`textvision.eval.metrics`: per-question accuracy, pair accuracy
-when items carry ``pair_id >= 0``, and per-category breakdowns when they carry categories.
+Batches are :func:`textvision.data.collate.collate_samples`'s, the training loaders' batcher.
+Option scores become predictions through :func:`option_records` and scored items become metrics
+through :func:`textvision.eval.metrics.summarize`, the same two steps the LightningModule's
+validation and test take (``textvision.train.module``): one evaluation path, one set of metric
+names.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import string
@@ -27,24 +31,28 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from textvision.data.collate import collate_samples
 from textvision.eval.answer_parsing import (
     extract_choice_letter,
     magnifier_lenient_letter,
     strict_letter,
 )
-from textvision.eval.metrics import pair_accuracy, per_category, question_accuracy
+from textvision.eval.metrics import summarize
 from textvision.eval.protocol import MultipleChoiceModel, validate_sample
 
 __all__ = [
     "MODES",
     "Parser",
-    "collate_eval",
+    "choose_options",
     "default_parsers",
     "evaluate_multiple_choice",
     "match_option_text",
+    "option_records",
 ]
 
 MODES = ("options", "generate")
+
+_logger = logging.getLogger(__name__)
 
 # Benchmark-specific sample keys copied into the per-item results when present.
 _EXTRA_ITEM_KEYS = ("option_texts", "original_answer", "errata_applied")
@@ -103,49 +111,81 @@ def default_parsers(benchmark: str, options: Sequence[str] | None = None) -> dic
     return {"letter-cascade": _letter_cascade, "strict": _strict}
 
 
-def collate_eval(samples: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack images ``(B, 3, H, W)``; every other key becomes a list."""
-    for sample in samples:
-        validate_sample(dict(sample))
-    shapes = {tuple(sample["image"].shape) for sample in samples}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"images in one batch differ in size {sorted(shapes)} (items {[s['id'] for s in samples]}); "
-            "give image_size (--image-size) so every image is resized to the model's input"
-        )
-    batch = {key: [sample[key] for sample in samples] for key in samples[0] if key != "image"}
-    batch["image"] = torch.stack([sample["image"] for sample in samples])
-    return batch
+def choose_options(scores: Tensor, num_options: Sequence[int]) -> Tensor:
+    """``(B,)`` index of each item's highest-scoring option (the first on a tie), or ``-1``.
+
+    ``-1`` (no answer) where an item has no options, where any of its option scores is NaN or
+    ``+inf``, or where none is finite: a broken score is never turned into an answer (``argmax``
+    of a row holding NaN returns the NaN's position). ``scores`` is ``(B, max_options)``;
+    columns past an item's ``num_options`` are ignored.
+    """
+    counts = torch.as_tensor(list(num_options), device=scores.device).view(-1, 1)
+    real = torch.arange(scores.shape[-1], device=scores.device).view(1, -1) < counts
+    broken = ((torch.isnan(scores) | torch.isposinf(scores)) & real).any(-1)
+    some_finite = (torch.isfinite(scores) & real).any(-1)
+    ranked = scores.nan_to_num(nan=float("-inf")).masked_fill(~real, float("-inf"))
+    pred = ranked.argmax(-1)
+    return torch.where(some_finite & ~broken, pred, torch.full_like(pred, -1))
 
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _score_batch(model: MultipleChoiceModel, batch: dict[str, Any], images: Tensor) -> list[dict[str, Any]]:
+def option_records(scores: Tensor, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Score a collated batch (:func:`textvision.data.collate.collate_samples`) from its option
+    log-likelihoods: one record per item that has options, in batch order, ready for
+    :func:`textvision.eval.metrics.summarize`.
+
+    Args:
+        scores: ``(B, >= max options)`` log-likelihoods (``MultipleChoiceModel.score_options``).
+        batch: needs ``options``, ``answer``, ``id``, ``pair_id`` and ``category``.
+
+    Returns:
+        ``{"id", "pair_id", "category", "num_options", "scores", "prediction", "correct",
+        "invalid"}`` per item; ``prediction`` is the top-scored option (:func:`choose_options`),
+        or ``None`` when the item's scores are NaN/inf (``invalid``: counted wrong, never an
+        answer). Free-form items (no options) get no record.
+
+    Raises:
+        ValueError: ``scores`` does not have one row per item and a column per option.
+    """
     options = batch["options"]
-    scores = model.score_options(images, batch["instruction"], batch["prompt"], options)
-    widest = max(len(o) for o in options)
+    widest = max((len(o) for o in options), default=0)
     if scores.ndim != 2 or scores.shape[0] != len(options) or scores.shape[1] < widest:
-        raise ValueError(
-            f"score_options returned {tuple(scores.shape)}, expected ({len(options)}, >={widest})"
-        )
+        raise ValueError(f"option scores are {tuple(scores.shape)}, expected ({len(options)}, >={widest})")
     scores = scores.detach().float().cpu()
+    chosen = choose_options(scores, [len(o) for o in options]).tolist()
     out = []
-    for row, (item_options, item) in enumerate(zip(options, batch["id"], strict=True)):
-        item_scores = scores[row, : len(item_options)]
-        if torch.isnan(item_scores).any() or torch.isposinf(item_scores).any():
-            raise ValueError(
-                f"item {item!r}: option scores {item_scores.tolist()} are not valid log-likelihoods"
-            )
-        choice = int(item_scores.argmax())  # first maximum on a tie
+    for row, (item_options, choice) in enumerate(zip(options, chosen, strict=True)):
+        if not item_options:
+            continue
+        prediction = item_options[choice] if choice >= 0 else None
         out.append(
             {
-                "scores": [_finite_or_none(float(s)) for s in item_scores],
-                "prediction": item_options[choice],
+                "id": batch["id"][row],
+                "pair_id": int(batch["pair_id"][row]),
+                "category": batch["category"][row],
+                "num_options": len(item_options),
+                "scores": [_finite_or_none(float(x)) for x in scores[row, : len(item_options)]],
+                "prediction": prediction,
+                "correct": prediction == batch["answer"][row],
+                "invalid": choice < 0,
             }
         )
     return out
+
+
+def _collate_checked(samples: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`~textvision.data.collate.collate_samples` after checking every item is scorable."""
+    for sample in samples:
+        validate_sample(dict(sample))
+    return collate_samples(samples)
+
+
+def _score_batch(model: MultipleChoiceModel, batch: dict[str, Any], images: Tensor) -> list[dict[str, Any]]:
+    scores = model.score_options(images, batch["instruction"], batch["prompt"], batch["options"])
+    return option_records(scores, batch)
 
 
 def _generate_batch(
@@ -165,13 +205,6 @@ def _generate_batch(
             {"reply": reply, "predictions": {name: parse(reply, sample) for name, parse in parsers.items()}}
         )
     return out
-
-
-def _summarise(records: list[dict[str, Any]], total: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    metrics = question_accuracy(records, total=total)
-    if any(record["pair_id"] >= 0 for record in records):
-        metrics.update(pair_accuracy(records))
-    return metrics, per_category(records)
 
 
 @torch.inference_mode()
@@ -205,9 +238,11 @@ def evaluate_multiple_choice(
         progress: show a tqdm bar.
 
     Returns:
-        ``{"benchmark", "mode", "parsers", "headline", "metrics": {scorer: {...}},
-        "per_category": {scorer: {...}}, "items": [...]}`` where a scorer is a parser name, or
-        ``"option-loglik"`` in options mode.
+        ``{"benchmark", "mode", "parsers", "headline", "metrics": {scorer: {...}}, "items": [...]}``
+        where a scorer is a parser name, or ``"option-loglik"`` in options mode, and its metrics
+        are :func:`textvision.eval.metrics.summarize`'s (``acc``, ``pair_acc``, ``by_category``,
+        ...). In options mode an item whose option scores are NaN/inf is counted wrong
+        (``n_invalid``, with a logged warning naming it), never turned into an answer.
     """
     from tqdm.auto import tqdm
 
@@ -218,7 +253,7 @@ def evaluate_multiple_choice(
     if total is None:
         total = getattr(dataset, "total_rows", None)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_eval
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_checked
     )
     items: list[dict[str, Any]] = []
     for batch in tqdm(loader, desc=benchmark, unit="batch", disable=not progress):
@@ -234,6 +269,7 @@ def evaluate_multiple_choice(
                 "id": batch["id"][row],
                 "pair_id": int(batch["pair_id"][row]),
                 "category": batch["category"][row],
+                "num_options": len(batch["options"][row]),
                 "instruction": batch["instruction"][row],
                 "prompt": batch["prompt"][row],
                 "options": batch["options"][row],
@@ -243,27 +279,32 @@ def evaluate_multiple_choice(
             }
             items.append(record)
     scorers = ["option-loglik"] if mode == "options" else list(parsers or default_parsers(benchmark))
-    metrics: dict[str, Any] = {}
-    categories: dict[str, Any] = {}
-    for scorer in scorers:
-        scored = []
+    if mode == "options":
+        invalid = [item["id"] for item in items if item["invalid"]]
+        if invalid:
+            _logger.warning(
+                "%s: %d of %d items had NaN/inf option scores (%s); they are counted as wrong "
+                "(metric 'n_invalid')",
+                benchmark,
+                len(invalid),
+                len(items),
+                ", ".join(map(str, invalid[:8])) + (" …" if len(invalid) > 8 else ""),
+            )
+        metrics = {"option-loglik": summarize(items, total=total)}
+    else:
+        metrics = {}
+        for scorer in scorers:
+            scored = [{**item, "correct": item["predictions"][scorer] == item["answer"]} for item in items]
+            metrics[scorer] = summarize(scored, total=total)
         for item in items:
-            prediction = item["prediction"] if mode == "options" else item["predictions"][scorer]
-            scored.append({**item, "correct": prediction == item["answer"]})
-        metrics[scorer], categories[scorer] = _summarise(scored, total)
-    for item in items:
-        if mode == "options":
-            item["correct"] = item["prediction"] == item["answer"]
-        else:
             item["correct"] = {name: pred == item["answer"] for name, pred in item["predictions"].items()}
     head = metrics[scorers[0]]
-    headline_metric = "pair_accuracy" if "pair_accuracy" in head else "accuracy"
+    headline_metric = "pair_acc" if "pair_acc" in head else "acc"
     return {
         "benchmark": benchmark,
         "mode": mode,
         "parsers": scorers,
         "headline": {"metric": headline_metric, "scorer": scorers[0], "value": head[headline_metric]},
         "metrics": metrics,
-        "per_category": categories,
         "items": items,
     }

@@ -274,9 +274,10 @@ def score_mmvp_vlm(
     ``2·P`` texts, of which each statement's two entries (its pair's images) are used.
 
     Returns:
-        ``{"metrics": {...}, "per_category": {...}, "items": [...]}``; ``metrics`` holds
-        ``average`` (mean of the category accuracies, the published "MMVP-VLM" number),
-        ``pair_accuracy`` over all pairs and ``statement_accuracy``.
+        ``{"metrics": {...}, "items": [...]}``; ``metrics`` holds ``average`` (mean of the
+        category accuracies, the published "MMVP-VLM" number), ``pair_acc`` over all pairs
+        (``n_pairs``, ``n_pairs_correct``), ``statement_acc``, and ``by_category`` (the pair
+        metrics per category), named as :mod:`textvision.eval.metrics` names them.
     """
     from tqdm.auto import tqdm
 
@@ -318,27 +319,28 @@ def score_mmvp_vlm(
             )
         bar.update(len(chunk))
     bar.close()
-    per_category: dict[str, dict[str, Any]] = {}
+    by_category: dict[str, dict[str, Any]] = {}
     for category in MMVP_VLM_CATEGORIES:
         members = [item for item in items if item["category"] == category]
         if members:
             correct = sum(item["correct"] for item in members)
-            per_category[category] = {
-                "pairs_correct": correct,
-                "pairs": len(members),
-                "pair_accuracy": correct / len(members),
+            by_category[category] = {
+                "n_pairs": len(members),
+                "n_pairs_correct": correct,
+                "pair_acc": correct / len(members),
             }
     statements = [ok for item in items for ok in item["statements_correct"]]
-    accuracies = [entry["pair_accuracy"] for entry in per_category.values()]
+    accuracies = [entry["pair_acc"] for entry in by_category.values()]
     metrics = {
         "average": sum(accuracies) / len(accuracies) if accuracies else None,
-        "categories": len(accuracies),
-        "pairs_correct": sum(item["correct"] for item in items),
-        "pairs": len(items),
-        "pair_accuracy": sum(item["correct"] for item in items) / len(items) if items else None,
-        "statement_accuracy": sum(statements) / len(statements) if statements else None,
+        "n_categories": len(accuracies),
+        "n_pairs": len(items),
+        "n_pairs_correct": sum(item["correct"] for item in items),
+        "pair_acc": sum(item["correct"] for item in items) / len(items) if items else None,
+        "statement_acc": sum(statements) / len(statements) if statements else None,
+        "by_category": by_category,
     }
-    return {"metrics": metrics, "per_category": per_category, "items": items}
+    return {"metrics": metrics, "items": items}
 
 
 class OpenCLIPScorer(nn.Module):

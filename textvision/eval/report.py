@@ -13,6 +13,9 @@ from typing import Any
 
 __all__ = ["format_markdown", "result_stem", "write_report"]
 
+#: how the headline metric (a :mod:`textvision.eval.metrics` name) reads in a title
+_METRIC_LABELS = {"acc": "accuracy", "pair_acc": "pair accuracy", "average": "average"}
+
 
 def _pct(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
@@ -43,26 +46,26 @@ def _settings_lines(result: dict[str, Any]) -> list[str]:
 
 
 def _multiple_choice_tables(result: dict[str, Any]) -> list[str]:
-    has_pairs = any("pair_accuracy" in m for m in result["metrics"].values())
+    has_pairs = any("pair_acc" in m for m in result["metrics"].values())
     head = "| scorer | accuracy % | correct / total |" + (
         " pair accuracy % | pairs correct / pairs |" if has_pairs else ""
     )
     rule = "|---|---:|---:|" + ("---:|---:|" if has_pairs else "")
     lines = [head, rule]
     for scorer, m in result["metrics"].items():
-        row = f"| {scorer} | {_pct(m['accuracy'])} | {m['correct']} / {m['total']} |"
+        row = f"| {scorer} | {_pct(m['acc'])} | {m['n_correct']} / {m['n']} |"
         if has_pairs:
-            row += f" {_pct(m.get('pair_accuracy'))} | {m.get('pairs_correct', 0)} / {m.get('pairs', 0)} |"
+            row += f" {_pct(m.get('pair_acc'))} | {m.get('n_pairs_correct', 0)} / {m.get('n_pairs', 0)} |"
         lines.append(row)
-    headline = result["per_category"].get(result["headline"]["scorer"], {})
+    headline = result["metrics"][result["headline"]["scorer"]].get("by_category", {})
     if headline:
         lines += ["", f"Per category ({result['headline']['scorer']}):", ""]
         lines.append("| category | accuracy % | n |" + (" pair accuracy % | pairs |" if has_pairs else ""))
         lines.append("|---|---:|---:|" + ("---:|---:|" if has_pairs else ""))
         for category, m in headline.items():
-            row = f"| {category} | {_pct(m['accuracy'])} | {m['total']} |"
+            row = f"| {category} | {_pct(m['acc'])} | {m['n']} |"
             if has_pairs:
-                row += f" {_pct(m.get('pair_accuracy'))} | {m.get('pairs', 0)} |"
+                row += f" {_pct(m.get('pair_acc'))} | {m.get('n_pairs', 0)} |"
             lines.append(row)
     return lines
 
@@ -70,13 +73,13 @@ def _multiple_choice_tables(result: dict[str, Any]) -> list[str]:
 def _mmvp_vlm_tables(result: dict[str, Any]) -> list[str]:
     m = result["metrics"]
     lines = ["| category | pair accuracy % | pairs correct / pairs |", "|---|---:|---:|"]
-    for category, c in result["per_category"].items():
-        lines.append(f"| {category} | {_pct(c['pair_accuracy'])} | {c['pairs_correct']} / {c['pairs']} |")
-    lines.append(f"| **average of {m['categories']} categories** | **{_pct(m['average'])}** | |")
+    for category, c in m["by_category"].items():
+        lines.append(f"| {category} | {_pct(c['pair_acc'])} | {c['n_pairs_correct']} / {c['n_pairs']} |")
+    lines.append(f"| **average of {m['n_categories']} categories** | **{_pct(m['average'])}** | |")
     lines += [
         "",
-        f"All pairs: {_pct(m['pair_accuracy'])} % ({m['pairs_correct']} / {m['pairs']}); "
-        f"statements: {_pct(m['statement_accuracy'])} %.",
+        f"All pairs: {_pct(m['pair_acc'])} % ({m['n_pairs_correct']} / {m['n_pairs']}); "
+        f"statements: {_pct(m['statement_acc'])} %.",
     ]
     return lines
 
@@ -84,7 +87,8 @@ def _mmvp_vlm_tables(result: dict[str, Any]) -> list[str]:
 def format_markdown(result: dict[str, Any]) -> str:
     """A markdown summary: headline, settings, the metrics table(s)."""
     headline = result["headline"]
-    title = f"## {result['benchmark']}: {headline['metric'].replace('_', ' ')} {_pct(headline['value'])} %"
+    label = _METRIC_LABELS.get(headline["metric"], headline["metric"])
+    title = f"## {result['benchmark']}: {label} {_pct(headline['value'])} %"
     body = _mmvp_vlm_tables(result) if result["benchmark"] == "mmvp_vlm" else _multiple_choice_tables(result)
     return "\n".join([title, "", *_settings_lines(result), "", *body, ""])
 

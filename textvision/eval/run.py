@@ -123,7 +123,8 @@ def evaluate_benchmark(
     ``model`` implements :class:`~textvision.eval.protocol.MultipleChoiceModel` (every benchmark
     but ``mmvp_vlm``) or :class:`~textvision.eval.protocol.ImageTextScorer` (``mmvp_vlm``). The
     result holds ``dataset`` (the settings that define the numbers: errata, prompt, skips),
-    ``metrics``, ``per_category``, ``headline`` and ``items``.
+    ``metrics`` (:func:`textvision.eval.metrics.summarize`'s names, ``by_category`` inside),
+    ``headline`` and ``items``.
     """
     dataset = load_benchmark(
         benchmark,

@@ -24,26 +24,9 @@ from textvision.vision.backbone import VisionBackbone, check_pixels
 from textvision.vlm.language_model import LanguageModel
 from textvision.vlm.projector import build_projector
 
-__all__ = ["TextAwareVLM", "VisualEncoder", "choose_options"]
+__all__ = ["TextAwareVLM", "VisualEncoder"]
 
 log = logging.getLogger(__name__)
-
-
-def choose_options(scores: Tensor, num_options: Sequence[int]) -> Tensor:
-    """``(B,)`` index of each item's highest-scoring option (the first on a tie), or ``-1``.
-
-    ``-1`` (no answer) where an item has no options, where any of its option scores is NaN or
-    ``+inf``, or where none is finite: a broken score is never turned into an answer (``argmax``
-    of a row holding NaN returns the NaN's position). ``scores`` is ``(B, max_options)``;
-    columns past an item's ``num_options`` are ignored.
-    """
-    counts = torch.as_tensor(list(num_options), device=scores.device).view(-1, 1)
-    real = torch.arange(scores.shape[-1], device=scores.device).view(1, -1) < counts
-    broken = ((torch.isnan(scores) | torch.isposinf(scores)) & real).any(-1)
-    some_finite = (torch.isfinite(scores) & real).any(-1)
-    ranked = scores.nan_to_num(nan=float("-inf")).masked_fill(~real, float("-inf"))
-    pred = ranked.argmax(-1)
-    return torch.where(some_finite & ~broken, pred, torch.full_like(pred, -1))
 
 
 @runtime_checkable
