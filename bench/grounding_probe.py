@@ -1,10 +1,14 @@
 """Grounding probe: how many training steps does the encoder need to tie a word to a glyph?
 
 The demo VLM and the fusion ablation sit at chance (see ``results/README_results.md``). This bench
-takes the language model out of the question and measures the encoder side alone: the demo's
-text-aware encoder (same ViT, text encoder, fusion and pruning as ``configs/demo.yaml``) plus a
-small option classifier, trained on **one** magnifier question category at a time on fresh
-batches, then scored on a fixed held-out set of the same category.
+takes the language model out of the question and measures the encoder side alone: the text-aware
+encoder of ``configs/demo.yaml`` (or ``--base-config``), optionally with one variant overlay of
+``configs/ablation/*.yaml`` (``--variant``), built through the CLI's own parser
+(``TextVisionCLI(args=[...], run=False)``, as ``encoder_sweep`` builds it), so the configs are the
+only model definition; plus a small option classifier, trained on **one** magnifier question
+category at a time on fresh batches of the config's scenes, then scored on a fixed held-out set
+of the same category. The encoder's trainable parts (what the config leaves unfrozen) train with
+the classifier.
 
 Two scene sizes separate two skills:
 
@@ -22,6 +26,7 @@ Readouts:
   direct gradient path from the answer to word–patch matching.
 
     python -m textvision.bench.grounding_probe --out results --steps 600
+    python -m textvision.bench.grounding_probe --out results --variant none_textagnostic --keep-tokens 8
 
 A plain training loop on purpose: the probe is a measurement with a fixed number of optimizer
 steps and no checkpoints, logging or distribution to manage.
@@ -44,7 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["OptionClassifier", "ProbeSpec", "main", "run_probe", "to_markdown"]
+from textvision.bench.encoder_sweep import BASE_CONFIG, ENCODER, VARIANTS_DIR, variant_names
+
+__all__ = ["OptionClassifier", "ProbeSpec", "build_encoder", "main", "run_probe", "to_markdown"]
 
 READOUTS = ("cls_mean", "text_query")
 
@@ -107,20 +114,25 @@ class OptionClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One probe: a question category, a scene size and an encoder/readout setting."""
+    """One probe: a question category, a scene size, a readout and the encoder's config.
+
+    ``variant`` names an overlay of ``configs/ablation/`` applied on the base config (``""``: the
+    base config as it is); ``keep_tokens`` overrides its budget (``None``: the config's pruning,
+    ``0``: no pruning, ``k``: keep ``k`` patches).
+    """
 
     category: str = "colour"
     num_objects: int = 12
     readout: str = "cls_mean"
-    fusion: str = "gated_xattn"
-    keep_tokens: int = 0  # 0 = no pruning
+    variant: str = ""
+    keep_tokens: int | None = None
     curriculum_steps: int = 0  # 0 = always num_objects; else ramp 1 -> num_objects over these steps
 
     @property
     def name(self) -> str:
-        prune = f"keep{self.keep_tokens}" if self.keep_tokens else "no_prune"
+        prune = {None: "config_prune", 0: "no_prune"}.get(self.keep_tokens, f"keep{self.keep_tokens}")
         ramp = f"-ramp{self.curriculum_steps}" if self.curriculum_steps else ""
-        return f"{self.category}-K{self.num_objects}{ramp}-{self.fusion}-{prune}-{self.readout}"
+        return f"{self.category}-K{self.num_objects}{ramp}-{self.variant or 'base'}-{prune}-{self.readout}"
 
     def objects_at(self, step: int, draw: float) -> int:
         """Objects per image in the training batch of ``step`` (1-based); ``draw`` is uniform [0, 1).
@@ -136,28 +148,43 @@ class ProbeSpec:
         return curriculum_objects(step / self.curriculum_steps, draw, self.num_objects)
 
 
-def _build(spec: ProbeSpec, depth: int):
+def build_encoder(spec: ProbeSpec, *, base_config: str | Path = BASE_CONFIG, seed: int = 0):
+    """``(encoder, scene)``: the encoder of ``base_config`` (+ the spec's variant overlay and
+    budget) through the CLI's parser and instantiation, and the config's synthetic scene."""
+    import warnings
+
+    from textvision.train.cli import TextVisionCLI
+
+    args = ["-c", str(base_config)]
+    if spec.variant:
+        overlay = VARIANTS_DIR / f"{spec.variant}.yaml"
+        if not overlay.is_file():
+            raise FileNotFoundError(f"no variant {spec.variant!r}: choose from {variant_names()}")
+        args += ["-c", str(overlay)]
+    args += ["--seed_everything", str(seed), "--trainer.logger", "false"]
+    args += ["--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]"]
+    if spec.keep_tokens == 0:
+        args += ["-c", "model: {vlm: {init_args: {encoder: {init_args: {prune_at: [], keep_tokens: null}}}}}"]
+    elif spec.keep_tokens is not None:
+        args += [f"{ENCODER}.keep_tokens", str(spec.keep_tokens)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = TextVisionCLI(args=args, run=False)
+    scene = getattr(cli.datamodule, "scene", None)
+    if scene is None:
+        raise TypeError(f"{base_config}: the probe needs a synthetic data module (one with a scene)")
+    return cli.model.vlm.encoder, scene
+
+
+def _build(spec: ProbeSpec, base_config: str | Path, seed: int):
     from textvision.data.magnifier import MAGNIFIER_CATEGORIES, MagnifierGenerator
-    from textvision.data.scene import SceneConfig
-    from textvision.encoder import TextAwareEncoder
-    from textvision.text import TextEncoder
-    from textvision.vision import demo_vit
 
     if spec.category not in MAGNIFIER_CATEGORIES:
         raise ValueError(f"category must be one of {MAGNIFIER_CATEGORIES}, got {spec.category!r}")
-    scorer = "text" if spec.fusion in ("gated_xattn", "adapter_xattn", "mutual") else "cls_attention"
-    encoder = TextAwareEncoder(
-        backbone=demo_vit(img_size=64, patch_size=8, embed_dim=128, depth=depth, num_heads=4),
-        text_encoder=TextEncoder(model_name="all-MiniLM-L6-v2", max_length=32, cache_size=4096),
-        fusion=spec.fusion,
-        prune_at=[min(1, depth - 1)] if spec.keep_tokens else [],
-        keep_tokens=spec.keep_tokens or None,
-        scorer=scorer,
-        freeze_backbone=False,
-    )
+    encoder, scene = build_encoder(spec, base_config=base_config, seed=seed)
     sizes = range(1, spec.num_objects + 1) if spec.curriculum_steps else [spec.num_objects]
     generators = {
-        k: MagnifierGenerator(SceneConfig(num_objects=k), categories=(spec.category,)) for k in sizes
+        k: MagnifierGenerator(scene.evolve(num_objects=k), categories=(spec.category,)) for k in sizes
     }
     vocabulary = [w for c in MAGNIFIER_CATEGORIES for w in generators[spec.num_objects].vocabulary(c)]
     head = OptionClassifier(width=encoder.width, vocabulary=vocabulary, readout=spec.readout)
@@ -179,7 +206,7 @@ def run_probe(
     eval_size: int = 256,
     eval_every: int = 200,
     lr: float = 1e-3,
-    depth: int = 4,
+    base_config: str | Path = BASE_CONFIG,
     seed: int = 0,
 ) -> dict:
     """Train encoder + option classifier for ``steps`` and return the held-out learning curve."""
@@ -188,7 +215,8 @@ def run_probe(
     if steps < 1 or batch_size < 1 or eval_size < 1 or eval_every < 1:
         raise ValueError("steps, batch_size, eval_size and eval_every must be positive")
     torch.manual_seed(seed)
-    encoder, head, generators = _build(spec, depth)
+    encoder, head, generators = _build(spec, base_config, seed)
+    torch.manual_seed(seed)  # the classifier starts alike whatever the encoder's build drew
     generator = generators[spec.num_objects]
     draws = torch.Generator().manual_seed(seed)
     params = [p for p in [*encoder.parameters(), *head.parameters()] if p.requires_grad]
@@ -249,7 +277,7 @@ def run_probe(
         "batch_size": batch_size,
         "eval_size": eval_size,
         "lr": lr,
-        "depth": depth,
+        "base_config": str(base_config),
         "curve": curve,
         "final_accuracy": curve[-1]["accuracy"],
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -276,9 +304,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--categories", nargs="+", default=["colour", "shape"])
     parser.add_argument("--num-objects", nargs="+", type=int, default=[1, 12])
     parser.add_argument("--readouts", nargs="+", default=["cls_mean"], choices=READOUTS)
-    parser.add_argument("--fusion", default="gated_xattn")
+    parser.add_argument("--base-config", default=str(BASE_CONFIG), help="textvision config of the encoder")
     parser.add_argument(
-        "--keep-tokens", type=int, default=0, help="patches kept after block 1 (0 = no pruning)"
+        "--variant",
+        default="",
+        choices=["", *variant_names()],
+        help="overlay configs/ablation/<variant>.yaml on the base config (default: none)",
+    )
+    parser.add_argument(
+        "--keep-tokens", type=int, default=None, help="patches kept (0 = no pruning; default: the config's)"
     )
     parser.add_argument("--curriculum-steps", type=int, default=0, help="ramp objects 1 -> K over N steps")
     parser.add_argument("--steps", type=int, default=600)
@@ -286,7 +320,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -296,7 +329,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for category in args.categories:
             for num_objects in args.num_objects:
                 spec = ProbeSpec(
-                    category, num_objects, readout, args.fusion, args.keep_tokens, args.curriculum_steps
+                    category=category,
+                    num_objects=num_objects,
+                    readout=readout,
+                    variant=args.variant,
+                    keep_tokens=args.keep_tokens,
+                    curriculum_steps=args.curriculum_steps,
                 )
                 result = run_probe(
                     spec,
@@ -305,7 +343,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     eval_size=args.eval_size,
                     eval_every=args.eval_every,
                     lr=args.lr,
-                    depth=args.depth,
+                    base_config=args.base_config,
                 )
                 print(f"{spec.name}: {[p['accuracy'] for p in result['curve']]}", flush=True)
                 results.append(result)

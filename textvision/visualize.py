@@ -4,14 +4,16 @@ Function: :func:`draw_relevance` (pure drawing) and :func:`visualize` (run an en
 CLI::
 
     python -m textvision.visualize --image cat.png --instruction "what colour is the cat?" \
-        [--config encoder.yaml] [--checkpoint last.ckpt] --out relevance.png
+        [--config configs/demo.yaml] [--checkpoint runs/demo/version_0/checkpoints/last.ckpt] \
+        --out relevance.png
 
-``--config`` is a YAML holding a ``TextAwareEncoder`` (``class_path``/``init_args``) at its root,
-under ``encoder:``, or under ``model.init_args.encoder`` (a LightningCLI config). Without it the
-CPU demo encoder is built (small timm ViT + packaged MiniLM-L6, ``gated_xattn``, text-guided
-pruning to 25% after block 2). ``--checkpoint`` loads encoder weights from a Lightning ``.ckpt``
-or a ``.safetensors``/``.pt`` state dict (``weights_only=True``); the encoder's keys are found
-under whatever prefix the checkpoint uses.
+``--config`` is a textvision LightningCLI config, the one ``textvision fit -c`` takes (default:
+``configs/demo.yaml``); the model is built by the CLI's own parser
+(``TextVisionCLI(args=[...], run=False)``), so the config is the only model definition, and
+further ``--section.key value`` arguments override it as on the ``textvision`` command line.
+``--checkpoint`` is a Lightning checkpoint of that model: its weights load as
+``textvision test --ckpt_path`` loads them (:meth:`TextVisionModule.load_weights`), and one that
+does not fit the model is refused, naming the keys.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from textvision.data.images import load_image
 from textvision.encoder import EncoderOutput, TextAwareEncoder
 
-__all__ = ["build_encoder", "draw_relevance", "load_encoder_weights", "main", "visualize"]
+__all__ = ["build_encoder", "draw_relevance", "main", "visualize"]
 
 _logger = logging.getLogger(__name__)
 
@@ -122,93 +123,59 @@ def visualize(
     return result, figure
 
 
-def _find_encoder_config(config: dict) -> dict:
-    """The ``TextAwareEncoder`` class_path/init_args block inside a YAML config."""
-    candidates = [
-        config,
-        config.get("encoder"),
-        (config.get("model") or {}).get("init_args", {}).get("encoder"),
-    ]
-    candidates.append((config.get("model") or {}).get("encoder"))
-    for candidate in candidates:
-        if isinstance(candidate, dict) and str(candidate.get("class_path", "")).endswith("TextAwareEncoder"):
-            return candidate
-    raise ValueError(
-        "no TextAwareEncoder (class_path ending in TextAwareEncoder) at the root, under `encoder`, "
-        "or under `model.init_args.encoder` of the config"
-    )
+def build_encoder(
+    *, config: str | Path, checkpoint: str | Path | None = None, cli_args: Sequence[str] = ()
+) -> TextAwareEncoder:
+    """The encoder of the model that ``config`` defines, built through :class:`TextVisionCLI`,
+    with the weights of ``checkpoint`` (a Lightning ``.ckpt`` of that model) when given.
 
-
-def build_encoder(config_path: str | Path | None = None) -> TextAwareEncoder:
-    """Build the encoder from a YAML config, or the CPU demo encoder when ``config_path`` is None."""
-    if config_path is None:
-        from textvision.text import TextEncoder
-        from textvision.vision import demo_vit
-
-        return TextAwareEncoder(
-            backbone=demo_vit(),
-            text_encoder=TextEncoder(),
-            fusion="gated_xattn",
-            prune_at=(2,),
-            keep_ratio=0.25,
-        )
-    from jsonargparse import ArgumentParser
-
-    config = yaml.safe_load(Path(config_path).read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} is not a YAML mapping")
-    parser = ArgumentParser()
-    parser.add_argument("--encoder", type=TextAwareEncoder)
-    parsed = parser.parse_object({"encoder": _find_encoder_config(config)})
-    return parser.instantiate(parsed).encoder
-
-
-def load_encoder_weights(encoder: TextAwareEncoder, checkpoint: str | Path) -> list[str]:
-    """Load encoder weights from a Lightning checkpoint or a state dict file.
-
-    Returns the encoder keys the file did not hold (only ``text_encoder.*`` may be absent: a frozen
-    text encoder is often not saved and comes from its own pretrained files).
-
-    Raises:
-        ValueError: the file holds no encoder weights, or other encoder keys are missing.
+    ``cli_args`` are more LightningCLI arguments (``--model.vlm.init_args.encoder.init_args.keep_tokens
+    4``). The trainer is built on one device without loggers, checkpointing or callbacks: nothing is
+    written.
     """
-    from textvision.vision.backbone import read_state_dict
+    import warnings
 
-    state = read_state_dict(checkpoint)
-    anchors = [key[: -len("text_adapter.weight")] for key in state if key.endswith("text_adapter.weight")]
-    if not anchors:
-        raise ValueError(f"{checkpoint} holds no TextAwareEncoder weights (no '*text_adapter.weight' key)")
-    prefix = min(anchors, key=len)
-    own = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    result = encoder.load_state_dict(own, strict=False)
-    missing = [key for key in result.missing_keys if not key.startswith("text_encoder.")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{checkpoint} (prefix {prefix!r}) does not fit the encoder: missing {missing}, "
-            f"unexpected {list(result.unexpected_keys)}"
+    from textvision.train.cli import TextVisionCLI
+
+    args = ["-c", str(config), *cli_args]
+    args += ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]
+    args += ["--trainer.callbacks", "[]", "--trainer.devices", "1", "--trainer.strategy", "auto"]
+    with warnings.catch_warnings():
+        # sys.argv holds the visualiser's own flags; LightningCLI only gets the arguments built here.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = TextVisionCLI(args=args, run=False)
+    if checkpoint is not None:
+        cli.model.load_weights(checkpoint)
+    encoder = cli.model.vlm.encoder
+    if not isinstance(encoder, TextAwareEncoder):
+        raise TypeError(
+            f"{config}: the model's encoder is a {type(encoder).__name__}, not a TextAwareEncoder"
         )
-    return list(result.missing_keys)
+    return encoder
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the visualiser CLI (see the module docstring); returns the PNG path."""
+    from textvision.train.demo import default_config
+
     parser = argparse.ArgumentParser(
         prog="python -m textvision.visualize",
         description="Draw the instruction relevance heatmap and the kept patches over an image (PNG).",
+        epilog="Other arguments go to LightningCLI, e.g. --trainer.accelerator cpu.",
     )
     parser.add_argument("--image", required=True, help="image file (any mode: grayscale, RGBA, 16-bit, ...)")
     parser.add_argument("--instruction", required=True, help="the question / instruction")
-    parser.add_argument("--config", help="YAML with the TextAwareEncoder (default: the CPU demo encoder)")
-    parser.add_argument("--checkpoint", help="encoder weights: Lightning .ckpt, .safetensors or .pt")
+    parser.add_argument("--config", help="textvision LightningCLI YAML (default: configs/demo.yaml)")
+    parser.add_argument("--checkpoint", help="Lightning checkpoint (.ckpt) of the config's model")
     parser.add_argument(
         "--size", type=int, help="resize the image to this square size (default: encoder native)"
     )
     parser.add_argument("--out", required=True, help="output PNG path")
-    args = parser.parse_args(argv)
+    args, cli_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    encoder = build_encoder(args.config)
-    if args.checkpoint:
-        load_encoder_weights(encoder, args.checkpoint)
-    else:
+    config = Path(args.config) if args.config else default_config()
+    encoder = build_encoder(config=config, checkpoint=args.checkpoint, cli_args=cli_args)
+    if not args.checkpoint:
         _logger.warning(
             "no --checkpoint: the fusion layers are untrained, the heatmap shows an initial model"
         )

