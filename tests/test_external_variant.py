@@ -9,11 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from textvision.train.cli import cli_main
+from textvision.visualize import main as visualize_main
 
 MODULE = "tv_user_fusions"  # a name no other test uses: sys.modules keeps it for the session
 
@@ -179,3 +182,23 @@ def test_external_fusion_variant_prints_fits_and_tests_through_the_cli(user_file
             torch.testing.assert_close(value, checkpoint["state_dict"][f"vlm.{key}"])
     metrics = tested.trainer.callback_metrics
     assert any(name.startswith("test") for name in metrics), sorted(metrics)
+
+    image = base.parent / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(image)
+    drawn = visualize_main(
+        [
+            "--image",
+            str(image),
+            "--instruction",
+            "what colour is the circle?",
+            "--config",
+            str(base),
+            "-c",  # passed on to the CLI's parser after --config: the overlay, as for fit
+            str(overlay),
+            "--checkpoint",
+            str(last),
+            "--out",
+            str(base.parent / "relevance.png"),
+        ]
+    )
+    assert Image.open(drawn).format == "PNG"
