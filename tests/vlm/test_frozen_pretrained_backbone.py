@@ -149,3 +149,6 @@ def test_backbone_source_is_the_construction_checkpoint_only(tmp_path):
     later = TimmViT(**args)
     later.load_checkpoint(path)
     assert later.weights_source is None
+    # pretrained=True is a source only because timm refuses a name it has no weights for
+    with pytest.raises(RuntimeError, match="No pretrained weights exist for vit_small_patch16_18x2_224"):
+        TimmViT(model_name="vit_small_patch16_18x2_224", pretrained=True, **args)

