@@ -23,7 +23,7 @@ def _needs_minilm() -> None:
 @pytest.fixture(scope="session")
 def bench_settings(tmp_path_factory):
     _needs_minilm()
-    from textvision.bench.runs import BenchSettings
+    from textvision.bench.experiments.runs import BenchSettings
 
     root = tmp_path_factory.mktemp("bench")
     return BenchSettings(
@@ -43,7 +43,7 @@ def bench_settings(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ablation_result(bench_settings, tmp_path_factory):
     """``none`` and ``gated_xattn`` at 4 kept patches (of 16), written to a results folder."""
-    from textvision.bench.ablation import run_ablation
+    from textvision.bench.experiments.ablation import run_ablation
 
     out = tmp_path_factory.mktemp("results")
     result = run_ablation(bench_settings, keep_tokens=4, variants=("none", "gated_xattn"), out=out)

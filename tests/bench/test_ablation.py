@@ -7,8 +7,14 @@ import json
 import pytest
 import yaml
 
-from textvision.bench.ablation import VARIANTS, ablation_markdown, main, parameter_check, variant_spec
-from textvision.bench.runs import evaluate_trained, train_and_evaluate
+from textvision.bench.experiments.ablation import (
+    VARIANTS,
+    ablation_markdown,
+    main,
+    parameter_check,
+    variant_spec,
+)
+from textvision.bench.experiments.runs import evaluate_trained, train_and_evaluate
 
 
 def test_ablation_writes_json_markdown_and_png(ablation_result, bench_settings):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from textvision.bench.budget_sweep import gap_analysis, run_budget_sweep
+from textvision.bench.experiments.budget_sweep import gap_analysis, run_budget_sweep
 
 
 def _run(keep, magnifier, pair):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from textvision.bench.cost_model import (
+from textvision.bench.perf.cost_model import (
     H100_SXM,
     Cost,
     cross_attention_cost,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from textvision.bench.cost_model import _encoder_rows, encoder_forward_cost
+from textvision.bench.perf.cost_model import _encoder_rows, encoder_forward_cost
 from textvision.fusion import FUSIONS, Fusion, FusionFlops
 
 COMMON = dict(batch=2, depth=3, width=16, heads=2, n_patches=9, n_text=4, text_width=8)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from textvision.bench import encoder_sweep
+from textvision.bench.experiments import encoder_sweep
 
 from .conftest import REPO
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from textvision.bench.grounding_probe import (
+from textvision.bench.experiments.grounding_probe import (
     OptionClassifier,
     ProbeSpec,
     build_encoder,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from textvision.bench.linear_probe import main, probe_features
+from textvision.bench.experiments.linear_probe import main, probe_features
 
 from .conftest import REPO
 

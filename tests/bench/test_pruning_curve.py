@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from textvision.bench.pruning_curve import main, run_pruning_curve
+from textvision.bench.experiments.pruning_curve import main, run_pruning_curve
 
 
 def test_pruning_curve_evaluates_every_scorer_and_ratio(ablation_result, bench_settings, tmp_path):

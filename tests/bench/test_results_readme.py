@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from textvision.bench.plots import main as plots_main
-from textvision.bench.results_readme import CAVEATS, build_results_section, main
+from textvision.bench.experiments.plots import main as plots_main
+from textvision.bench.experiments.results_readme import CAVEATS, build_results_section, main
 
 
 def test_results_section_quotes_every_number_with_its_command(ablation_result, tmp_path):
@@ -26,10 +26,10 @@ def test_results_section_quotes_every_number_with_its_command(ablation_result, t
         assert f"{100 * run['sets']['magnifier']['accuracy']:.1f}%" in text
     # quoted markdown: H1 dropped, headings demoted under the section, command named
     assert "# Cost model" not in text and "#### Encoder" in text
-    assert "python -m textvision.bench.cost_model --out results" in text
+    assert "python -m textvision.bench.perf.cost_model --out results" in text
     # what has not been run is said so, with the command, never left out silently
-    assert "Not run yet: `python -m textvision.bench.budget_sweep --out results`" in text
-    assert "Not run yet: `python -m textvision.bench.pruning_curve --out results`" in text
+    assert "Not run yet: `python -m textvision.bench.experiments.budget_sweep --out results`" in text
+    assert "Not run yet: `python -m textvision.bench.experiments.pruning_curve --out results`" in text
 
 
 def test_empty_results_folder_gives_only_not_run_lines(tmp_path):
@@ -60,7 +60,7 @@ def test_pruning_curve_headline_states_the_speedup_over_the_plain_encoder(tmp_pa
     curve = {
         "mode": "test_time",
         "mode_title": "test-time pruning of models trained at 8 kept patches",
-        "command": "python -m textvision.bench.pruning_curve --steps 700",
+        "command": "python -m textvision.bench.experiments.pruning_curve --steps 700",
         "wall_seconds": 1.0,
         "series": {
             "gated_xattn model, text-guided scorer": [_point(1.0, 65, 3.0), _point(0.25, 17, 1.5)],

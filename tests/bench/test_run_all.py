@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import textvision.bench.run_all as run_all
+import textvision.bench.experiments.run_all as run_all
 
 
 def test_run_all_runs_each_experiment_with_the_same_settings(monkeypatch, tmp_path):

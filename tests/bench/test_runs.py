@@ -1,4 +1,4 @@
-"""``textvision.bench.runs``: run specs, config derivation, caching identity, counting, timing."""
+"""``textvision.bench.experiments.runs``: run specs, config derivation, caching identity, counting, timing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from textvision.bench.runs import (
+from textvision.bench.experiments.runs import (
     BenchSettings,
     RunSpec,
     add_common_arguments,
@@ -239,7 +239,7 @@ class _ImageReader(nn.Module):
 
 
 def test_image_dependence_separates_models_that_read_the_image():
-    from textvision.bench.runs import image_dependence
+    from textvision.bench.experiments.runs import image_dependence
 
     class Items:
         def __len__(self):
@@ -274,7 +274,7 @@ def test_image_dependence_separates_models_that_read_the_image():
 def test_write_result_writes_json_markdown_and_plot(tmp_path, capsys):
     import json
 
-    from textvision.bench.runs import write_result
+    from textvision.bench.experiments.runs import write_result
 
     drawn = []
     out = write_result(

@@ -2,7 +2,7 @@
 
 import json
 
-from textvision.bench.data import main, patch_probe, time_generation
+from textvision.bench.perf.data import main, patch_probe, time_generation
 from textvision.data.magnifier import MagnifierGenerator
 from textvision.data.scene import SceneConfig
 

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from textvision.bench.kernels import Shape, relevance_extra_bytes_triton
+from textvision.bench.perf.kernels import Shape, relevance_extra_bytes_triton
 from textvision.kernels import cross_attention, output_buffers
 
 
@@ -36,7 +36,7 @@ def test_relevance_extra_bytes_match_the_launchers(monkeypatch, fused):
 
 
 def test_benchmark_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
-    from textvision.bench.kernels import main
+    from textvision.bench.perf.kernels import main
 
     threads = torch.get_num_threads()
     try:

@@ -1,11 +1,11 @@
-"""``python -m textvision.bench.gpu_check --dry-run``: every section of the GPU check runs on the
+"""``python -m textvision.bench.perf.gpu_check --dry-run``: every section of the GPU check runs on the
 CPU under the interpreter at tiny shapes, passes, and writes its JSON and markdown."""
 
 from __future__ import annotations
 
 import json
 
-from textvision.bench import gpu_check
+from textvision.bench.perf import gpu_check
 from textvision.kernels.triton_common import AUTOTUNED
 
 

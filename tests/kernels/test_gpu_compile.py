@@ -20,7 +20,7 @@ def test_default_configs_compile_for_sm90_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     result = subprocess.run(
-        [sys.executable, "-m", "textvision.bench.kernels_compile_check", "--combo", "bf16:64:77",
+        [sys.executable, "-m", "textvision.bench.perf.kernels_compile_check", "--combo", "bf16:64:77",
          "--combo", "fp16:128:200", "--defaults-only", "--jobs", "2", "--out", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=900,
     )

@@ -332,7 +332,7 @@ def test_one_launch_and_three_launch_backward_agree_with_float64(monkeypatch, dt
 
 
 def test_the_backward_takes_one_launch_for_short_text_and_three_for_long():
-    from textvision.bench.kernels_compile_check import record_launches
+    from textvision.bench.perf.kernels_compile_check import record_launches
 
     def backward_kernels(T):
         launches = record_launches(torch.float16, 64, T, batch=2, heads=2, n_img=40)
@@ -347,7 +347,7 @@ def test_the_backward_takes_one_launch_for_short_text_and_three_for_long():
 
 
 def test_every_launch_uses_a_one_dimensional_grid_that_fits_cuda_for_large_batch_heads():
-    from textvision.bench.kernels_compile_check import record_launches
+    from textvision.bench.perf.kernels_compile_check import record_launches
 
     B, H = 5834, 12  # B·H = 70,008 > 65,535, the limit of CUDA grid axes 1 and 2
     launches = record_launches(torch.float16, 16, 2, batch=B, heads=H, n_img=1)

@@ -1,6 +1,6 @@
 """Encoder throughput: text-aware ViT vs. the plain ViT, with and without text-guided pruning.
 
-    python -m textvision.bench.encoder            # CPU, batch 8, ViT-S/16 @ 224 px, T = 32
+    python -m textvision.bench.perf.encoder            # CPU, batch 8, ViT-S/16 @ 224 px, T = 32
 
 Configurations, timed in the same process, interleaved round by round (min and median of ``--repeats``;
 ratios from the min, the least-disturbed run on a shared machine):
@@ -298,7 +298,7 @@ def to_markdown(result: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m textvision.bench.encoder", description=__doc__.splitlines()[0]
+        prog="python -m textvision.bench.perf.encoder", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
@@ -338,11 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
         prune_at=tuple(args.prune_at),
         keep_ratio=args.keep_ratio,
     )
-    command = "python -m textvision.bench.encoder" + ("" if argv is None else " " + " ".join(argv))
+    command = "python -m textvision.bench.perf.encoder" + ("" if argv is None else " " + " ".join(argv))
     if argv is None:
         import sys
 
-        command = "python -m textvision.bench.encoder" + "".join(f" {a}" for a in sys.argv[1:])
+        command = "python -m textvision.bench.perf.encoder" + "".join(f" {a}" for a in sys.argv[1:])
     result["command"] = command
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

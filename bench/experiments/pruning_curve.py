@@ -1,7 +1,7 @@
 """Accuracy and encoder time vs. keep ratio, text-guided vs. text-agnostic pruning scorers.
 
-    python -m textvision.bench.pruning_curve --out results                   # test-time pruning
-    python -m textvision.bench.pruning_curve --out results --train-per-point # trained at each ratio
+    python -m textvision.bench.experiments.pruning_curve --out results                   # test-time pruning
+    python -m textvision.bench.experiments.pruning_curve --out results --train-per-point  # at each ratio
 
 Keep ratios 1.0, 0.5, 0.25, 0.1 of the 64 patches (64, 32, 16, 7 patches; 1.0 = no pruning).
 
@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from textvision.bench.ablation import variant_spec
-from textvision.bench.plots import plot_pruning_curve
-from textvision.bench.runs import (
+from textvision.bench.experiments.ablation import variant_spec
+from textvision.bench.experiments.plots import plot_pruning_curve
+from textvision.bench.experiments.runs import (
     BenchSettings,
     RunSpec,
     add_common_arguments,
@@ -117,7 +117,7 @@ def run_pruning_curve(
         "experiment": "pruning curve",
         "mode": "train_per_point" if train_per_point else "test_time",
         "mode_title": mode,
-        "command": "python -m textvision.bench.pruning_curve "
+        "command": "python -m textvision.bench.experiments.pruning_curve "
         f"--steps {settings.steps} --test-size {settings.test_size}"
         + (" --train-per-point" if train_per_point else f" --train-keep-tokens {train_keep_tokens}"),
         "settings": settings.describe(),
@@ -174,7 +174,7 @@ def write_pruning_curve(result: dict[str, Any], out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m textvision.bench.pruning_curve",
+        prog="python -m textvision.bench.experiments.pruning_curve",
         description="Accuracy and encoder time vs. keep ratio for text-guided and text-agnostic scorers.",
     )
     add_common_arguments(parser)

@@ -1,7 +1,8 @@
 """The encoder-level experiment: does the question have to enter the ViT? Budgets × variants × seeds.
 
-    python -m textvision.bench.encoder_sweep --out results/encoder_sweep            # the whole sweep
-    python -m textvision.bench.encoder_sweep --out results/encoder_sweep --variants gated_xattn --budgets 4
+    python -m textvision.bench.experiments.encoder_sweep --out results/encoder_sweep   # the whole sweep
+    python -m textvision.bench.experiments.encoder_sweep --out results/encoder_sweep \
+        --variants gated_xattn --budgets 4
 
 Every cell trains **the same question-aware reader** (:class:`textvision.vlm.reader.QuestionReader`)
 on the tokens one encoder hands over, on the magnifier set (12 glyphs, every question category),
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 
 __all__ = ["CellSpec", "build_encoder", "main", "run_cell", "summarise", "variant_names"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = ROOT / "configs" / "demo.yaml"
 VARIANTS_DIR = ROOT / "configs" / "ablation"
 DEFAULT_BUDGETS = (2, 4, 8, 16, 64)
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     records = [r for r in (cached(out, s) for s in specs) if r is not None]
     table = summarise(records)
     meta = {
-        "command": "python -m textvision.bench.encoder_sweep "
+        "command": "python -m textvision.bench.experiments.encoder_sweep "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "cells": len(records),
         "trained_now": len(todo),

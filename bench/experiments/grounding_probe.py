@@ -25,8 +25,9 @@ Readouts:
   tokens and their mean is classified (a Q-Former-like pooling, Li et al., "BLIP-2", 2023); the most
   direct gradient path from the answer to word–patch matching.
 
-    python -m textvision.bench.grounding_probe --out results --steps 600
-    python -m textvision.bench.grounding_probe --out results --variant none_textagnostic --keep-tokens 8
+    python -m textvision.bench.experiments.grounding_probe --out results --steps 600
+    python -m textvision.bench.experiments.grounding_probe --out results \
+        --variant none_textagnostic --keep-tokens 8
 
 A plain training loop on purpose: the probe is a measurement with a fixed number of optimizer
 steps and no checkpoints, logging or distribution to manage.
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from textvision.bench.encoder_sweep import BASE_CONFIG, ENCODER, VARIANTS_DIR, variant_names
+from textvision.bench.experiments.encoder_sweep import BASE_CONFIG, ENCODER, VARIANTS_DIR, variant_names
 
 __all__ = ["OptionClassifier", "ProbeSpec", "build_encoder", "main", "run_probe", "to_markdown"]
 
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python -m textvision.bench.grounding_probe "
+        "command": "python -m textvision.bench.experiments.grounding_probe "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

@@ -1,10 +1,10 @@
 """Where the gap closes: text-aware vs. text-agnostic encoders as the visual-token budget grows.
 
-    python -m textvision.bench.budget_sweep --out results          # keep 4, 8, 16, 32 patches
+    python -m textvision.bench.experiments.budget_sweep --out results          # keep 4, 8, 16, 32 patches
 
 Trains ``gated_xattn`` + text-guided pruning and ``none`` + CLS-attention pruning (EViT) at each
 budget — *trained at the budget*, not pruned harder at test time — with everything else equal
-(``bench/runs.py``; the runs at the ablation's budget are reused from its cache when the
+(``bench/experiments/runs.py``; the runs at the ablation's budget are reused from its cache when the
 settings match). The synthetic images hold ``num_objects`` salient details (12 in the demo) and a
 question asks about one of them: below that many kept patches, an encoder that does not read the
 question must guess which details to keep, so the gap should be large there and close once the
@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from textvision.bench.ablation import VARIANTS, variant_spec
-from textvision.bench.plots import plot_budget_sweep
-from textvision.bench.runs import (
+from textvision.bench.experiments.ablation import VARIANTS, variant_spec
+from textvision.bench.experiments.plots import plot_budget_sweep
+from textvision.bench.experiments.runs import (
     BenchSettings,
     above_chance,
     add_common_arguments,
@@ -143,7 +143,7 @@ def run_budget_sweep(
     details = _salient_details(settings)
     result = {
         "experiment": "visual-token budget sweep",
-        "command": f"python -m textvision.bench.budget_sweep --steps {settings.steps} "
+        "command": f"python -m textvision.bench.experiments.budget_sweep --steps {settings.steps} "
         f"--budgets {' '.join(map(str, budgets))} --test-size {settings.test_size}",
         "settings": settings.describe(),
         "budgets": list(budgets),
@@ -223,7 +223,7 @@ def write_budget_sweep(result: dict[str, Any], out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m textvision.bench.budget_sweep",
+        prog="python -m textvision.bench.experiments.budget_sweep",
         description="Train a text-aware and a text-agnostic encoder at several visual-token budgets.",
     )
     add_common_arguments(parser)

@@ -1,6 +1,6 @@
 """Regenerate the README's "Results" section from the JSON/markdown files in ``results/``.
 
-    python -m textvision.bench.results_readme --out results     # -> results/README_results.md
+    python -m textvision.bench.experiments.results_readme --out results     # -> results/README_results.md
 
 Every number comes from a file a bench command wrote, and every table is printed with the command
 that regenerates it; a missing file becomes a "not run yet" line with its command, never a stale
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textvision.bench.ablation import ablation_markdown
-from textvision.bench.budget_sweep import sweep_markdown
-from textvision.bench.pruning_curve import curve_markdown
-from textvision.bench.runs import above_chance
+from textvision.bench.experiments.ablation import ablation_markdown
+from textvision.bench.experiments.budget_sweep import sweep_markdown
+from textvision.bench.experiments.pruning_curve import curve_markdown
+from textvision.bench.experiments.runs import above_chance
 
 __all__ = ["build_results_section", "main"]
 
@@ -32,7 +32,7 @@ magnifier and mmvp-pairs sets of `textvision.data`, 64 px canvases with 12 small
 other jobs* — so accuracies say which mechanism works under a token budget, not what a real VLM
 scores on MMVP or MagnifierBench, and CPU times are noisy (min of several runs is quoted). GPU
 numbers (kernel throughput, % of roofline) were **not measured here**: no GPU was available; the
-cost model gives the analytic FLOPs and bytes, and `python -m textvision.bench.kernels` measures
+cost model gives the analytic FLOPs and bytes, and `python -m textvision.bench.perf.kernels` measures
 them on a CUDA machine."""
 
 _SECTIONS = (
@@ -52,29 +52,29 @@ _SECTIONS = (
     ),
 )
 _DEFAULT_COMMANDS = {
-    "ablation.json": "python -m textvision.bench.ablation --out results",
-    "ablation_budget_sweep.json": "python -m textvision.bench.budget_sweep --out results",
-    "pruning_curve.json": "python -m textvision.bench.pruning_curve --out results",
+    "ablation.json": "python -m textvision.bench.experiments.ablation --out results",
+    "ablation_budget_sweep.json": "python -m textvision.bench.experiments.budget_sweep --out results",
+    "pruning_curve.json": "python -m textvision.bench.experiments.pruning_curve --out results",
 }
 # Markdown files other bench commands write, quoted as they are: (file, title, command)
 _QUOTED = (
     (
         "cost_model.md",
         "Analytic cost model (FLOPs and bytes)",
-        "python -m textvision.bench.cost_model --out results",
+        "python -m textvision.bench.perf.cost_model --out results",
     ),
     (
         "kernels.md",
         "Attention kernels (CPU reference and Triton)",
-        "python -m textvision.bench.kernels --out results",
+        "python -m textvision.bench.perf.kernels --out results",
     ),
-    ("encoder.md", "Encoder throughput (ViT-S/16, 224 px)", "python -m textvision.bench.encoder"),
+    ("encoder.md", "Encoder throughput (ViT-S/16, 224 px)", "python -m textvision.bench.perf.encoder"),
     (
         "train_step.md",
         "Training-step throughput (demo model)",
-        "python -m textvision.bench.train_step --out results",
+        "python -m textvision.bench.perf.train_step --out results",
     ),
-    ("data.md", "Synthetic data generation", "python -m textvision.bench.data --out results"),
+    ("data.md", "Synthetic data generation", "python -m textvision.bench.perf.data --out results"),
     ("demo/metrics.md", "The CPU demo (colour questions)", "textvision demo"),
     (
         "demo_all_categories/metrics.md",
@@ -123,20 +123,22 @@ _QUOTED = (
     (
         "grounding_probe_cls_mean.md",
         "Grounding probe: CLS + mean readout (encoder only, no LM)",
-        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_cls_mean "
+        "python -m textvision.bench.experiments.grounding_probe --out results --tag grounding_probe_cls_mean "
         "--readouts cls_mean --steps 600 --threads 1",
     ),
     (
         "grounding_probe_no_curriculum.md",
         "Grounding probe: 12-object scenes for 1,600 steps, no curriculum (control)",
-        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_no_curriculum "
-        "--categories colour --num-objects 12 --readouts cls_mean --steps 1600 --threads 1",
+        "python -m textvision.bench.experiments.grounding_probe --out results "
+        "--tag grounding_probe_no_curriculum --categories colour --num-objects 12 --readouts cls_mean "
+        "--steps 1600 --threads 1",
     ),
     (
         "grounding_probe_curriculum.md",
         "Grounding probe: a 1 -> 12 objects curriculum",
-        "python -m textvision.bench.grounding_probe --out results --tag grounding_probe_curriculum "
-        "--categories colour --num-objects 12 --readouts cls_mean --curriculum-steps 1000 --steps 1600 "
+        "python -m textvision.bench.experiments.grounding_probe --out results "
+        "--tag grounding_probe_curriculum --categories colour --num-objects 12 --readouts cls_mean "
+        "--curriculum-steps 1000 --steps 1600 "
         "(and `--readouts text_query --fusion none`, see the file)",
     ),
 )
@@ -245,7 +247,7 @@ def build_results_section(results_dir: str | Path, *, heading_level: int = 2) ->
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m textvision.bench.results_readme",
+        prog="python -m textvision.bench.experiments.results_readme",
         description="Write the README's Results section (markdown) from the bench result files.",
     )
     parser.add_argument(

@@ -1,7 +1,8 @@
 """Fusion ablation under a visual-token budget: does reading the instruction in the ViT pay off?
 
-    python -m textvision.bench.ablation --out results    # the demo's 2,200 steps per run (~25 min idle CPU)
-    python -m textvision.bench.ablation --steps 4000 --test-size 1024   # larger
+    # the demo's 2,200 steps per run (~25 min idle CPU)
+    python -m textvision.bench.experiments.ablation --out results
+    python -m textvision.bench.experiments.ablation --steps 4000 --test-size 1024   # larger
 
 Variants (every other setting is ``configs/demo.yaml``'s: same ViT, LM, data, seed, steps, batch):
 
@@ -28,7 +29,7 @@ model, the frozen MiniLM text encoder and the LM included, tied weights once) �
 within 5% of each other on this count — and *trainable*, where the fusion layers are the whole
 difference (``gated_xattn`` adds 4·D² per block; see the JSON for exact numbers).
 
-Each run trains through ``TextVisionCLI`` (``bench/runs.py``), is evaluated on the held-out test
+Each run trains through ``TextVisionCLI`` (``bench/experiments/runs.py``), is evaluated on the held-out test
 splits through ``textvision.eval.evaluate_benchmark`` (option log-likelihood), and its encoder is
 timed (ms/image, CPU, text features precomputed). Writes ``ablation.json``, ``ablation.md`` and
 ``ablation.png`` into ``--out``.
@@ -45,8 +46,8 @@ from typing import Any
 
 import yaml
 
-from textvision.bench.plots import plot_ablation
-from textvision.bench.runs import (
+from textvision.bench.experiments.plots import plot_ablation
+from textvision.bench.experiments.runs import (
     BenchSettings,
     RunSpec,
     above_chance,
@@ -148,7 +149,8 @@ def run_ablation(
         log.info("%s: %s", spec.name, {k: v.get("accuracy") for k, v in record["sets"].items()})
     result = {
         "experiment": "fusion ablation",
-        "command": "python -m textvision.bench.ablation " + _flags(settings, keep_tokens, variants),
+        "command": "python -m textvision.bench.experiments.ablation "
+        + _flags(settings, keep_tokens, variants),
         "settings": settings.describe(),
         "keep_tokens": keep_tokens,
         "runs": runs,
@@ -250,7 +252,7 @@ def write_ablation(result: dict[str, Any], out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m textvision.bench.ablation",
+        prog="python -m textvision.bench.experiments.ablation",
         description="Train every fusion variant at one visual-token budget and evaluate it on the "
         "held-out synthetic sets.",
     )

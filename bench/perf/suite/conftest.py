@@ -1,8 +1,8 @@
 """pytest-benchmark suite for the CPU paths (small shapes), kept out of the default test run.
 
-    pytest bench/suite --benchmark-autosave                 # save a baseline (.benchmarks/)
-    pytest bench/suite --benchmark-compare                  # compare against the latest saved one
-    pytest bench/suite --benchmark-compare=0001 --benchmark-compare-fail=mean:10%
+    pytest bench/perf/suite --benchmark-autosave                 # save a baseline (.benchmarks/)
+    pytest bench/perf/suite --benchmark-compare                  # compare against the latest saved one
+    pytest bench/perf/suite --benchmark-compare=0001 --benchmark-compare-fail=mean:10%
 
 The default ``pytest`` run collects only ``tests/`` (``testpaths``), so nothing here runs in CI;
 ``--benchmark-disable`` runs every benchmark body once as a smoke test. Shapes are those of the

@@ -1,7 +1,7 @@
 """PNG figures of the bench results (matplotlib, Agg backend; no display needed).
 
 Each function takes the JSON dict its runner writes and a path, so a figure can be redrawn from a
-results file alone: ``python -m textvision.bench.plots results`` redraws every figure it finds.
+results file alone: ``python -m textvision.bench.experiments.plots results`` redraws every figure it finds.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ENCODER_PATH = ("model", "vlm", "init_args", "encoder", "init_args")
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def derive_config(
                 "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0},
             }
         ],
-        callbacks=[{"class_path": "textvision.bench.runs.StepTimer", "init_args": {"every": 50}}],
+        callbacks=[{"class_path": "textvision.bench.experiments.runs.StepTimer", "init_args": {"every": 50}}],
         enable_checkpointing=False,
         enable_progress_bar=False,
         limit_val_batches=0,

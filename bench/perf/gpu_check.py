@@ -1,6 +1,6 @@
 """One GPU check of the Triton kernels: correctness against float64, then speed against baselines.
 
-``python -m textvision.bench.gpu_check --out results/gpu`` on one H100/H200 (estimated 6-10
+``python -m textvision.bench.perf.gpu_check --out results/gpu`` on one H100/H200 (estimated 6-10
 minutes, most of it Triton compiling: ~300 kernel variants; ``--quick`` forces one config per
 tile size and benchmarks the target shape only, ~4 minutes), or ``--dry-run`` on a CPU: the same
 code paths at tiny shapes under Triton's interpreter (under a minute; timings meaningless, marked
@@ -428,7 +428,7 @@ def bench_shapes(dry_run: bool) -> list[Shape]:
 
 
 def min_bytes(shape: Shape, mode: str) -> float:
-    """Bytes that must cross device memory once for a call (see ``bench/cost_model.py``): inputs
+    """Bytes that must cross device memory once for a call (see ``bench/perf/cost_model.py``): inputs
     and outputs in the input dtype, the mask, the float32 row LSE when a backward follows (written
     by the forward, read by the backward), ``dO`` and the gradients in the backward, and the
     float32 relevance vector."""
@@ -877,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error("--dry-run: textvision.kernels was imported without TRITON_INTERPRET=1")
     start = time.perf_counter()
     report = {
-        "command": "python -m textvision.bench.gpu_check"
+        "command": "python -m textvision.bench.perf.gpu_check"
         + (" --dry-run" if args.dry_run else "")
         + (" --quick" if args.quick else "")
         + f" --out {args.out}",

@@ -6,7 +6,7 @@ full optimizer steps: encoder (text features cached after the first sight of an 
 in training) + projector + LM forward, backward, gradient clipping, AdamW. Reports the median and
 the spread over timed steps; writes JSON and markdown.
 
-    python -m textvision.bench.train_step --steps 20 --out results
+    python -m textvision.bench.perf.train_step --steps 20 --out results
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "| load avg (1 min) |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         + "\n".join(rows)
-        + f"\n\n`python -m textvision.bench.train_step --steps {args.steps} --warmup {args.warmup} "
+        + f"\n\n`python -m textvision.bench.perf.train_step --steps {args.steps} --warmup {args.warmup} "
         f"--threads {' '.join(map(str, args.threads))}` on {first['platform']}, torch {first['torch']}, "
         f"{first['cpu_count']} CPUs; full optimizer steps (forward, backward, clipping, AdamW), batches "
         "pre-generated. The load average counts other processes on the same cores during the run.\n"

@@ -1,6 +1,6 @@
 """Linear probe of the text-aligned pretrained ViT's frozen patch features (vs the same ViT at init).
 
-    python -m textvision.bench.linear_probe --out results
+    python -m textvision.bench.experiments.linear_probe --out results
 
 For held-out pretraining scenes (1–12 glyphs, random attributes) every patch's final-normed token
 is taken from the frozen backbone, and one linear classifier per attribute is fitted on the
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
-        "command": "python -m textvision.bench.linear_probe "
+        "command": "python -m textvision.bench.experiments.linear_probe "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "pretraining": args.pretraining,
         "train_scenes": args.train_scenes,

@@ -1,13 +1,13 @@
 """Kernel micro-benchmark: ``cross_attention`` and ``mutual_attention`` at ViT shapes.
 
-``python -m textvision.bench.kernels [--out results] [--quick] [--device auto|cpu|cuda]``
+``python -m textvision.bench.perf.kernels [--out results] [--quick] [--device auto|cpu|cuda]``
 
 Shapes: ViT-B/16 at 224 px (197 tokens, 12 heads) and ViT-L/14 at 336 px (577 tokens, 16
 heads), head dim 64, instructions of 32 and 77 text tokens with a different real length per
 sample (between T/2 and T, at the front).
 
 On CUDA (bf16): median time from ``triton.testing.do_bench``, achieved TFLOP/s and GB/s against
-the analytic cost model (``textvision.bench.cost_model``), % of the H100 roofline (989 TFLOP/s,
+the analytic cost model (``textvision.bench.perf.cost_model``), % of the H100 roofline (989 TFLOP/s,
 3.35 TB/s), and speed ratios against SDPA with the padding mask, compiled FlexAttention and eager
 attention, forward and forward+backward; relevance against eager attention + an explicit
 reduction; peak extra memory of relevance from ``torch.cuda.max_memory_allocated``.
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from textvision.bench.cost_model import H100_SXM, Cost, cross_attention_cost, mutual_attention_cost
+from textvision.bench.perf.cost_model import H100_SXM, Cost, cross_attention_cost, mutual_attention_cost
 from textvision.kernels import cross_attention, mutual_attention
 from textvision.kernels.attention_forward import MIN_BLOCK_M
 
@@ -363,7 +363,7 @@ def _markdown(report: dict) -> str:
     lines += [f"- {note}" for note in report["notes"]]
     if report.get("compile_check"):
         c = report["compile_check"]
-        lines.append(f"- GPU compile check (`bench/kernels_compile_check.py`, no GPU needed): "
+        lines.append(f"- GPU compile check (`bench/perf/kernels_compile_check.py`, no GPU needed): "
                      f"{c['specialisations']} kernel specialisations compiled for sm_90 with Triton "
                      f"{c['triton']}, {c['failures']} failures, max shared memory "
                      f"{c['max_shared_bytes'] / 1024:.0f} KiB of 227 KiB.")
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     notes = []
     if gpu:
         notes.append("Times: median of triton.testing.do_bench; TFLOP/s, GB/s and % roofline use the "
-                     "analytic cost model (bench/cost_model.py) against the H100 SXM5 spec "
+                     "analytic cost model (bench/perf/cost_model.py) against the H100 SXM5 spec "
                      "(989 TFLOP/s bf16, 3.35 TB/s).")
         notes.append("ours = Triton kernels (backend='auto' on CUDA); "
                      "ours ×faster = baseline time / our time.")
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         memory.append(shape_memory)
     _ratios(rows)
     report = {
-        "command": "python -m textvision.bench.kernels" + (" --quick" if args.quick else "")
+        "command": "python -m textvision.bench.perf.kernels" + (" --quick" if args.quick else "")
         + (f" --device {args.device}" if args.device != "auto" else "")
         + (f" --threads {args.threads}" if args.threads is not None else "")
         + (f" --max-shapes {args.max_shapes}" if args.max_shapes is not None else ""),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "bench" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[3] / "configs" / "bench" / "smoke.yaml"
 
 
 @pytest.mark.parametrize("fusion,scorer", [("none", "cls_attention"), ("gated_xattn", "text")])

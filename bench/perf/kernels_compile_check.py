@@ -1,6 +1,6 @@
 """Compile every Triton kernel launch for an H100 (sm_90) without a GPU: registers, spills, smem.
 
-``env -u TRITON_INTERPRET python -m textvision.bench.kernels_compile_check [--out results]``
+``env -u TRITON_INTERPRET python -m textvision.bench.perf.kernels_compile_check [--out results]``
 
 The interpreter tests prove the kernels' arithmetic, not that they compile for a GPU, nor what
 they cost there: the real compiler rejects things the interpreter accepts (loop-carried type
@@ -276,7 +276,7 @@ def _update_spill_table(rows: list[dict], triton_version: str, reset: bool = Fal
     SPILL_TABLE.write_text(json.dumps({
         "about": "autotune configs ptxas spilled for sm_90, by kernel|16bit or fp32|constexprs|config "
                  "(fp16 and bf16 share entries); "
-                 "written by `env -u TRITON_INTERPRET python -m textvision.bench.kernels_compile_check "
+                 "written by `env -u TRITON_INTERPRET python -m textvision.bench.perf.kernels_compile_check "
                  "--all-configs --update-spill-table`; the prune filter excludes them",
         "triton": triton_version, "spills": spills}, indent=1) + "\n")
     print(f"spill table: {len(spills)} entries ({len(spilled)} from this run) in {SPILL_TABLE}")
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     options += " --all-configs" if args.all_configs else ""
     options += " --defaults-only" if args.defaults_only else ""
     options += "".join(f" --kernel {k}" for k in args.kernel) if args.kernel else ""
-    command = "env -u TRITON_INTERPRET python -m textvision.bench.kernels_compile_check" + options
+    command = "env -u TRITON_INTERPRET python -m textvision.bench.perf.kernels_compile_check" + options
     report = {"target": "cuda sm_90 (H100/H200)", "triton": triton.__version__, "command": command,
               "max_shared_bytes": H100_MAX_SHARED_BYTES, "combos": [":".join(map(str, c)) for c in combos],
               "failures": failures, "rows": rows}

@@ -1,6 +1,6 @@
 """Generation speed of the synthetic sets, and a picture of examples with their questions.
 
-    python -m textvision.bench.data --out results/
+    python -m textvision.bench.perf.data --out results/
 
 writes ``results/data.json`` (timings and the settings they were taken with), ``results/data.md``
 (the same as tables) and ``results/data_examples.png`` (magnifier items and mmvp-pairs pairs,
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(default_threads)
     probe = patch_probe(scene, steps=args.probe_steps) if args.probe_steps > 0 else None
     report = {
-        "command": "python -m textvision.bench.data " + " ".join(argv or []),
+        "command": "python -m textvision.bench.perf.data " + " ".join(argv or []),
         "batch_size": args.batch_size,
         "scene": {k: v for k, v in scene.as_dict().items() if k not in ("shapes", "colours")},
         "cpu_count": os.cpu_count(),

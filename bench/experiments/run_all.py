@@ -1,10 +1,10 @@
 """One command for every research result: cost model, fusion ablation, budget sweep, pruning curve,
 and the README "Results" section built from them.
 
-    python -m textvision.bench.run_all --out results                  # default sizes, CPU (~1 h)
-    python -m textvision.bench.run_all --out results --steps 4000     # larger
+    python -m textvision.bench.experiments.run_all --out results                  # default sizes, CPU (~1 h)
+    python -m textvision.bench.experiments.run_all --out results --steps 4000     # larger
 
-The three training experiments share their runs (``bench/runs.py`` caches each trained model by
+The three training experiments share their runs (``bench/experiments/runs.py`` caches each trained model by
 its derived config): the budget sweep reuses the ablation's ``gated_xattn`` and ``none`` runs at
 the ablation's budget, and the test-time pruning curve evaluates those same two models.
 """
@@ -18,19 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textvision.bench import cost_model
-from textvision.bench.ablation import run_ablation
-from textvision.bench.budget_sweep import DEFAULT_BUDGETS, run_budget_sweep
-from textvision.bench.pruning_curve import DEFAULT_RATIOS, run_pruning_curve
-from textvision.bench.results_readme import main as write_results_readme
-from textvision.bench.runs import add_common_arguments, settings_from_args
+from textvision.bench.experiments.ablation import run_ablation
+from textvision.bench.experiments.budget_sweep import DEFAULT_BUDGETS, run_budget_sweep
+from textvision.bench.experiments.pruning_curve import DEFAULT_RATIOS, run_pruning_curve
+from textvision.bench.experiments.results_readme import main as write_results_readme
+from textvision.bench.experiments.runs import add_common_arguments, settings_from_args
+from textvision.bench.perf import cost_model
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m textvision.bench.run_all", description=__doc__.splitlines()[0]
+        prog="python -m textvision.bench.experiments.run_all", description=__doc__.splitlines()[0]
     )
     add_common_arguments(parser)
     parser.add_argument("--keep-tokens", type=int, default=8, help="the ablation's budget (patches kept)")
