@@ -50,7 +50,8 @@ RUN_DIR_ENV = "TEXTVISION_RUN_DIR"
 #: written in a logger's ``save_dir`` or a callback's ``dirpath``: replaced by the run's folder
 RUN_DIR_TOKEN = "{run_dir}"
 
-#: model settings that only change how a trained model is evaluated (leaf names)
+#: model settings that only change how a trained model is evaluated (names of settings; anything
+#: inside one, such as a scorer's ``class_path`` and ``init_args``, is one too)
 EVAL_TIME_SETTINGS = frozenset(
     {
         "prune_at",
@@ -310,9 +311,8 @@ class TextVisionCLI(LightningCLI):
             return
         refused, accepted = {}, {}
         for key, value in model_diffs.items():
-            leaf = key.split(".")[-1]
-            top_level = "." not in key
-            allowed = leaf in EVAL_TIME_SETTINGS or (top_level and leaf in OPTIMIZER_SETTINGS)
+            # any part of the path: `...scorer.class_path` is the scorer, given as a class
+            allowed = not EVAL_TIME_SETTINGS.isdisjoint(key.split(".")) or key in OPTIMIZER_SETTINGS
             (accepted if allowed else refused)[key] = value
         if refused:
             raise CheckpointConfigError(

@@ -11,15 +11,23 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from textvision.fusion import FUSIONS
+from textvision.pruning import SCORERS
 from textvision.train.cli import CheckpointConfigError, cli_main
 
 ENCODER = "model.vlm.init_args.encoder.init_args"
+# Variants and scorers by what their classes declare, from the registries (none named here): the
+# trained model prunes by its fusion kernel's relevance; OTHER_FUSION is a second architecture.
+FUSION, OTHER_FUSION = sorted(n for n, c in FUSIONS.items() if c.attends_to_text)[:2]
+RELEVANCE_SCORER = next(n for n, c in SCORERS.items() if c.reads_fusion_relevance)
+PLAIN_SCORER = next(c for c in SCORERS.values() if not c.attends_to_text)
 
 
 def config(root: Path, **encoder_overrides) -> dict:
@@ -32,10 +40,10 @@ def config(root: Path, **encoder_overrides) -> dict:
             "class_path": "textvision.text.TextEncoder",
             "init_args": {"model_name": "all-MiniLM-L6-v2", "max_length": 16},
         },
-        "fusion": "gated_xattn",
+        "fusion": FUSION,
         "prune_at": [0],
         "keep_tokens": 8,
-        "scorer": "text",
+        "scorer": RELEVANCE_SCORER,
         "freeze_backbone": False,
         **encoder_overrides,
     }
@@ -119,10 +127,10 @@ def write(path: Path, cfg: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two fresh fits of one config, then one of a mutual-attention variant in the same root."""
+    """Two fresh fits of one config (a later test adds one of another fusion in the same root)."""
     base = tmp_path_factory.mktemp("runs")
     root = base / "experiment"
-    path = write(base / "gated.yaml", config(root))
+    path = write(base / "trained.yaml", config(root))
     first = cli_main(["fit", "-c", str(path)])
     second = cli_main(["fit", "-c", str(path)])
     return {"base": base, "root": root, "path": path, "first": first, "second": second}
@@ -149,20 +157,22 @@ def test_default_root_dir_on_the_command_line_moves_everything(trained, tmp_path
 
 def test_ckpt_path_last_refuses_a_checkpoint_of_another_config(trained, tmp_path):
     # a run with another fusion writes into the same root: its last.ckpt is now the newest
-    mutual = write(tmp_path / "mutual.yaml", config(trained["root"], fusion="mutual"))
-    cli_main(["fit", "-c", str(mutual)])
+    other = write(tmp_path / "other.yaml", config(trained["root"], fusion=OTHER_FUSION))
+    cli_main(["fit", "-c", str(other)])
     newest = trained["root"] / "version_2" / "checkpoints" / "last.ckpt"
     assert newest.is_file()
     with pytest.raises(CheckpointConfigError) as error:
         cli_main(["fit", "-c", str(trained["path"]), "--ckpt_path", "last", "--trainer.max_steps", "3"])
     message = str(error.value)
     assert str(newest) in message
-    assert "vlm.init_args.encoder.init_args.fusion: checkpoint 'mutual', config 'gated_xattn'" in message
+    assert (
+        f"vlm.init_args.encoder.init_args.fusion: checkpoint {OTHER_FUSION!r}, config {FUSION!r}" in message
+    )
 
 
 def test_ckpt_path_last_names_the_file_it_resumes(trained, tmp_path, capsys):
     root = tmp_path / "alone"
-    path = write(tmp_path / "gated.yaml", config(root))
+    path = write(tmp_path / "trained.yaml", config(root))
     cli_main(["fit", "-c", str(path)])
     capsys.readouterr()
     cli = cli_main(["fit", "-c", str(path), "--ckpt_path", "last", "--trainer.max_steps", "3"])
@@ -190,6 +200,40 @@ def test_test_uses_the_given_pruning_budget_with_the_checkpoints_weights(trained
     assert cli.model.eval_results["test"]["magnifier"]["n"] == 16
 
 
+def test_test_takes_a_scorer_given_as_a_class_path(trained, capsys):
+    # the scorer is an evaluation-time setting however it is written: a class path (with its
+    # init_args) is as much the scorer as a short name
+    ckpt = trained["root"] / "version_0" / "checkpoints" / "last.ckpt"
+    path = f"{PLAIN_SCORER.__module__}.{PLAIN_SCORER.__qualname__}"
+    capsys.readouterr()
+    cli = cli_main(
+        [
+            "test",
+            "-c",
+            str(trained["path"]),
+            "--ckpt_path",
+            str(ckpt),
+            f"--{ENCODER}.scorer",
+            json.dumps({"class_path": path}),
+        ]
+    )
+    assert type(cli.model.vlm.encoder.similarity) is PLAIN_SCORER
+    assert f"scorer.class_path={path!r}" in capsys.readouterr().err
+    # an architecture setting inside a class path is still refused
+    with pytest.raises(CheckpointConfigError, match=r"backbone\.init_args\.depth"):
+        cli_main(
+            [
+                "test",
+                "-c",
+                str(trained["path"]),
+                "--ckpt_path",
+                str(ckpt),
+                f"--{ENCODER}.backbone.init_args.depth",
+                "3",
+            ]
+        )
+
+
 def test_test_refuses_an_architecture_change_naming_each_setting(trained):
     ckpt = trained["root"] / "version_0" / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointConfigError) as error:
@@ -201,14 +245,14 @@ def test_test_refuses_an_architecture_change_naming_each_setting(trained):
                 "--ckpt_path",
                 str(ckpt),
                 f"--{ENCODER}.fusion",
-                "film",
+                OTHER_FUSION,
                 f"--{ENCODER}.backbone.init_args.depth",
                 "3",
             ]
         )
     message = str(error.value)
     assert str(ckpt) in message
-    assert "encoder.init_args.fusion: checkpoint 'gated_xattn', config 'film'" in message
+    assert f"encoder.init_args.fusion: checkpoint {FUSION!r}, config {OTHER_FUSION!r}" in message
     assert "backbone.init_args.depth: checkpoint 2, config 3" in message
 
 
