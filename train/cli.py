@@ -43,7 +43,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from textvision.train.module import TextVisionModule
 
-__all__ = ["CheckpointConfigError", "TextVisionCLI", "cli_main", "config_differences"]
+__all__ = ["CheckpointConfigError", "TextVisionCLI", "cli_main", "config_differences", "parse_config"]
 
 #: environment variable through which Lightning's DDP child processes get the parent's run folder
 RUN_DIR_ENV = "TEXTVISION_RUN_DIR"
@@ -375,6 +375,29 @@ class TextVisionCLI(LightningCLI):
         run_dir = root / f"version_{job}"
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
+
+
+class _ParseOnly(TextVisionCLI):
+    """``TextVisionCLI`` that stops after parsing: nothing is built, no run folder made."""
+
+    def before_instantiate_classes(self) -> None:  # TextVisionCLI's makes the run folder
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config(args: list[str]) -> tuple[Any, str]:
+    """``(config, yaml)``: the config ``TextVisionCLI(args=args, run=False)`` would build from — the
+    ``-c`` files merged in order and the flags on top, validated by its own parser — without
+    building anything, and that config as the YAML ``textvision fit -c`` reads back."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # LightningCLI warns when args are given while sys.argv holds a calling tool's own flags.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        cli = _ParseOnly(args=list(args), run=False)
+    return cli.config, cli.parser.dump(cli.config, skip_unset=False)
 
 
 def cli_main(args: ArgsType = None) -> TextVisionCLI | dict | int | None:

@@ -1,26 +1,13 @@
 """Fusion ablation under a visual-token budget: does reading the instruction in the ViT pay off?
 
-    # the demo's 2,200 steps per run (~25 min idle CPU)
+    # the demo's 2,200 steps per run (~25 min idle CPU per variant)
     python -m textvision.bench.experiments.ablation --out results
     python -m textvision.bench.experiments.ablation --steps 4000 --test-size 1024   # larger
 
-Variants (every other setting is ``configs/demo.yaml``'s: same ViT, LM, data, seed, steps, batch):
-
-==========================  =================  ===============================================
-variant                     fusion             pruning scorer (after block ``prune_at``)
-==========================  =================  ===============================================
-none + CLS attention        ``none``           ``cls_attention``: EViT's CLS→patch attention
-                                               (Liang et al. 2022, arXiv:2202.07800), text-blind
-gated_xattn + text          ``gated_xattn``    ``text``: the cross-attention kernel's relevance
-mutual + text               ``mutual``         ``text``: the mutual-attention kernel's relevance
-film + CLS attention        ``film``           ``cls_attention``: FiLM has no attention to the
-                                               text, so no relevance; its per-channel text
-                                               modulation of the tokens before the pruning
-                                               block makes the CLS attention text-*conditioned*
-                                               — the cheapest way to let the question steer
-                                               pruning, and the same scorer as the baseline, so
-                                               the two differ in the fusion only.
-==========================  =================  ===============================================
+The variants are the overlays ``configs/ablation/*.yaml`` (each says in its header what it
+changes), every one merged over ``configs/demo.yaml`` as ``textvision fit -c configs/demo.yaml
+-c configs/ablation/<variant>.yaml`` would: same ViT, LM, data, seed, steps and batch; a new
+overlay file is a new row, with no edit here.
 
 Identical budgets: all runs keep the same number of patches (``--keep-tokens``, default the demo's
 8) plus CLS, so the same number of visual tokens reaches the LM; same steps, batch, data stream
@@ -29,10 +16,10 @@ model, the frozen MiniLM text encoder and the LM included, tied weights once) �
 within 5% of each other on this count — and *trainable*, where the fusion layers are the whole
 difference (``gated_xattn`` adds 4·D² per block; see the JSON for exact numbers).
 
-Each run trains through ``TextVisionCLI`` (``bench/experiments/runs.py``), is evaluated on the held-out test
-splits through ``textvision.eval.evaluate_benchmark`` (option log-likelihood), and its encoder is
-timed (ms/image, CPU, text features precomputed). Writes ``ablation.json``, ``ablation.md`` and
-``ablation.png`` into ``--out``.
+Each run trains through ``TextVisionCLI`` (``bench/experiments/runs.py``), is evaluated on the
+held-out test splits through ``textvision.eval.evaluate_benchmark`` (option log-likelihood), and its
+encoder is timed (ms/image, CPU, text features precomputed). Writes ``ablation.json``,
+``ablation.md`` and ``ablation.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -44,8 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from textvision.bench.experiments.plots import plot_ablation
 from textvision.bench.experiments.runs import (
     BenchSettings,
@@ -55,66 +40,32 @@ from textvision.bench.experiments.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
+    variant_names,
+    variant_spec,
     write_result,
 )
 
-__all__ = [
-    "VARIANTS",
-    "ablation_markdown",
-    "ablation_specs",
-    "main",
-    "parameter_check",
-    "run_ablation",
-    "variant_spec",
-]
+__all__ = ["ablation_markdown", "ablation_specs", "main", "parameter_check", "run_ablation", "run_label"]
 
 log = logging.getLogger(__name__)
 
-#: variant -> (overlay YAML in ``configs/ablation/``, scorer, label). The overlay, when present, is
-#: the source of truth for the fusion and the scorer; this table is the fallback without it.
-VARIANTS: dict[str, tuple[str, str, str]] = {
-    "none": ("none_textagnostic.yaml", "cls_attention", "none + CLS attention (text-agnostic)"),
-    "gated_xattn": ("gated_xattn.yaml", "text", "gated_xattn + text-guided"),
-    "mutual": ("mutual.yaml", "text", "mutual + text-guided"),
-    "film": ("film.yaml", "cls_attention", "film + CLS attention (text-conditioned)"),
-}
-
-
-def variant_spec(
-    variant: str,
-    *,
-    keep_tokens: int | None = None,
-    keep_ratio: float | None = None,
-    variant_configs: Path | None = None,
-) -> RunSpec:
-    """The :class:`RunSpec` of an ablation variant at a budget, with its overlay YAML if present."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
-    filename, scorer, label = VARIANTS[variant]
-    fusion, overlay = variant, None
-    if variant_configs is not None:
-        path = Path(variant_configs) / filename
-        if path.is_file():
-            overlay = str(path)
-            loaded = yaml.safe_load(path.read_text()) or {}
-            encoder = loaded.get("model", {}).get("vlm", {}).get("init_args", {}).get("encoder", {})
-            settings = encoder.get("init_args", {}) if isinstance(encoder, dict) else {}
-            if (settings.get("fusion", fusion), settings.get("scorer", scorer)) != (fusion, scorer):
-                fusion = settings.get("fusion", fusion)
-                scorer = settings.get("scorer", scorer)
-                label = f"{fusion} + {scorer} ({path.stem})"
-        else:
-            log.warning("%s: no overlay %s; using the base config with fusion=%s", variant, path, variant)
-    return RunSpec(
-        fusion, scorer, keep_tokens=keep_tokens, keep_ratio=keep_ratio, label=label, overlay=overlay
-    )
-
 
 def ablation_specs(
-    keep_tokens: int, variants: Sequence[str] = tuple(VARIANTS), *, variant_configs: Path | None = None
+    keep_tokens: int, variants: Sequence[str] | None = None, *, settings: BenchSettings
 ) -> list[RunSpec]:
-    """One :class:`RunSpec` per variant at ``keep_tokens`` patches."""
-    return [variant_spec(v, keep_tokens=keep_tokens, variant_configs=variant_configs) for v in variants]
+    """One :class:`RunSpec` per variant (default: every overlay of ``settings.variant_configs``)
+    at ``keep_tokens`` patches."""
+    names = variant_names(settings.variant_configs) if variants is None else variants
+    return [variant_spec(v, keep_tokens=keep_tokens, folder=settings.variant_configs) for v in names]
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """``<variant>: <fusion> + <scorer> (text-guided|text-agnostic pruning)`` of a run record."""
+    encoder = run.get("encoder")
+    if not encoder:  # a record written before runs recorded their encoder
+        return run["name"]
+    kind = "text-guided" if encoder["scorer_attends_to_text"] else "text-agnostic"
+    return f"{run['name']}: {encoder['fusion']} + {encoder['scorer']} ({kind} pruning)"
 
 
 def parameter_check(runs: Sequence[dict[str, Any]], *, tolerance: float = 0.05) -> dict[str, Any]:
@@ -136,14 +87,14 @@ def run_ablation(
     settings: BenchSettings,
     *,
     keep_tokens: int = 8,
-    variants: Sequence[str] = tuple(VARIANTS),
+    variants: Sequence[str] | None = None,
     timing: bool = True,
     out: Path | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and time every variant; write JSON/markdown/PNG into ``out`` if given."""
     start = time.perf_counter()
     runs = []
-    for spec in ablation_specs(keep_tokens, variants, variant_configs=settings.variant_configs):
+    for spec in ablation_specs(keep_tokens, variants, settings=settings):
         record = train_and_evaluate(spec, settings, timing=timing)
         runs.append(record)
         log.info("%s: %s", spec.name, {k: v.get("accuracy") for k, v in record["sets"].items()})
@@ -162,14 +113,14 @@ def run_ablation(
     return result
 
 
-def _flags(settings: BenchSettings, keep_tokens: int, variants: Sequence[str]) -> str:
+def _flags(settings: BenchSettings, keep_tokens: int, variants: Sequence[str] | None) -> str:
     default = BenchSettings()
     flags = [f"--steps {settings.steps}", f"--keep-tokens {keep_tokens}", f"--test-size {settings.test_size}"]
     if settings.batch_size is not None:
         flags.append(f"--batch-size {settings.batch_size}")
     if settings.seed != default.seed:
         flags.append(f"--seed {settings.seed}")
-    if list(variants) != list(VARIANTS):
+    if variants is not None:
         flags.append("--variants " + " ".join(variants))
     return " ".join(flags)
 
@@ -190,7 +141,7 @@ def ablation_markdown(result: dict[str, Any]) -> str:
         dep = r.get("image_dependence", {}).get("magnifier")
         losses = "–" if not dep else f"{dep['loss']:.4f} / {dep['loss_shuffled_images']:.4f}"
         lines.append(
-            f"| {r['name']} | {pct(mag.get('accuracy'))} | {pct(mmvp.get('accuracy'))} | "
+            f"| {run_label(r)} | {pct(mag.get('accuracy'))} | {pct(mmvp.get('accuracy'))} | "
             f"{pct(mmvp.get('pair_accuracy'))} | {r['visual_tokens_to_lm']} | {ms} | {losses} | "
             f"{r['params']['total']:,} | {r['params']['trainable']:,} | {r['seconds']['fit']} "
             f"({r['seconds'].get('per_train_step') or '–'}) |"
@@ -205,7 +156,7 @@ def ablation_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     items = mag.get("items"), mmvp.get("items")
     cached = sum(bool(r.get("cached")) for r in runs)
-    flat = [r["name"] for r in runs if not above_chance(r)]
+    flat = [run_label(r) for r in runs if not above_chance(r)]
     threads = next((r["encoder_time"]["torch_threads"] for r in runs if r.get("encoder_time")), "?")
     notes = [
         "",
@@ -258,9 +209,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     add_common_arguments(parser)
     parser.add_argument("--keep-tokens", type=int, default=8, help="patches kept after pruning (CLS on top)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help="overlay names in --variant-configs (default: every one)"
+    )
     parser.add_argument("--no-timing", action="store_true", help="skip the encoder timing")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants or ()) - set(variant_names(args.variant_configs)))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {variant_names(args.variant_configs)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return run_ablation(
         settings_from_args(args),

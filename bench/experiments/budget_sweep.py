@@ -1,15 +1,16 @@
 """Where the gap closes: text-aware vs. text-agnostic encoders as the visual-token budget grows.
 
-    python -m textvision.bench.experiments.budget_sweep --out results          # keep 4, 8, 16, 32 patches
+    python -m textvision.bench.experiments.budget_sweep --out results   # keep 4, 8, 16, 32 patches
 
-Trains ``gated_xattn`` + text-guided pruning and ``none`` + CLS-attention pruning (EViT) at each
-budget — *trained at the budget*, not pruned harder at test time — with everything else equal
-(``bench/experiments/runs.py``; the runs at the ablation's budget are reused from its cache when the
-settings match). The synthetic images hold ``num_objects`` salient details (12 in the demo) and a
-question asks about one of them: below that many kept patches, an encoder that does not read the
-question must guess which details to keep, so the gap should be large there and close once the
-budget covers every object. The issue's target: a gap of ≥ 25 points on magnifier accuracy and on
-mmvp-pairs pair accuracy at a budget below the number of details.
+Trains a text-aware encoder (default: the base config's own) and a text-agnostic one (default:
+the variant overlay whose fusion and scorer classes both declare that they do not attend to the
+text) at each budget — *trained at the budget*, not pruned harder at test time — with everything
+else equal (``bench/experiments/runs.py``; a run whose merged config matches one of the
+ablation's is read from its cache). The synthetic images hold ``num_objects`` salient details
+(12 in the demo) and a question asks about one of them: below that many kept patches, an encoder
+that does not read the question must guess which details to keep, so the gap should be large
+there and close once the budget covers every object. The issue's target: a gap of ≥ 25 points on
+magnifier accuracy and on mmvp-pairs pair accuracy at a budget below the number of details.
 
 Writes ``ablation_budget_sweep.json``, ``.md`` and ``.png`` into ``--out``.
 """
@@ -23,9 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from textvision.bench.experiments.ablation import VARIANTS, variant_spec
 from textvision.bench.experiments.plots import plot_budget_sweep
 from textvision.bench.experiments.runs import (
     BenchSettings,
@@ -33,11 +31,22 @@ from textvision.bench.experiments.runs import (
     add_common_arguments,
     pct,
     settings_from_args,
+    text_agnostic_variants,
     train_and_evaluate,
+    variant_names,
+    variant_spec,
     write_result,
 )
+from textvision.train.cli import parse_config
 
-__all__ = ["DEFAULT_BUDGETS", "gap_analysis", "main", "run_budget_sweep", "sweep_markdown"]
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "default_agnostic",
+    "gap_analysis",
+    "main",
+    "run_budget_sweep",
+    "sweep_markdown",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +122,44 @@ def gap_analysis(
 
 
 def _salient_details(settings: BenchSettings) -> int | None:
-    try:
-        config = yaml.safe_load(Path(settings.base_config).read_text())
-        return int(config["data"]["init_args"]["num_objects"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
+    """The scenes' ``num_objects`` as the CLI parses the base config (None: a data module without)."""
+    value = parse_config(["-c", str(settings.base_config)])[0].get("data.init_args.num_objects")
+    return None if value is None else int(value)
+
+
+def default_agnostic(settings: BenchSettings) -> str:
+    """The text-agnostic variant of ``settings.variant_configs`` (:func:`text_agnostic_variants`);
+    an error unless there is exactly one."""
+    found = text_agnostic_variants(settings)
+    if len(found) != 1:
+        raise ValueError(
+            f"{settings.variant_configs}: {len(found)} text-agnostic variants ({found}); "
+            "name one with --agnostic"
+        )
+    return found[0]
 
 
 def run_budget_sweep(
     settings: BenchSettings,
     *,
     budgets: Sequence[int] = DEFAULT_BUDGETS,
-    aware: str = "gated_xattn",
-    agnostic: str = "none",
+    aware: str | None = None,
+    agnostic: str | None = None,
     timing: bool = True,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """Train both variants at every budget; gap table, JSON/markdown/PNG into ``out`` if given."""
+    """Train both variants at every budget; gap table, JSON/markdown/PNG into ``out`` if given.
+
+    ``aware``/``agnostic``: variant overlays of ``settings.variant_configs``; defaults: the base
+    config itself, and :func:`default_agnostic`.
+    """
     start = time.perf_counter()
+    agnostic = agnostic or default_agnostic(settings)
     series: dict[str, list[dict[str, Any]]] = {}
     # budget by budget, both variants at each, so a partial run leaves comparable pairs
     for keep in budgets:
         for variant in (aware, agnostic):
-            spec = variant_spec(variant, keep_tokens=keep, variant_configs=settings.variant_configs)
+            spec = variant_spec(variant, keep_tokens=keep, folder=settings.variant_configs)
             record = train_and_evaluate(spec, settings, timing=timing)
             record["keep_tokens"] = keep
             series.setdefault(spec.name, []).append(record)
@@ -144,7 +168,9 @@ def run_budget_sweep(
     result = {
         "experiment": "visual-token budget sweep",
         "command": f"python -m textvision.bench.experiments.budget_sweep --steps {settings.steps} "
-        f"--budgets {' '.join(map(str, budgets))} --test-size {settings.test_size}",
+        f"--budgets {' '.join(map(str, budgets))} --test-size {settings.test_size}"
+        + (f" --aware {aware}" if aware else "")
+        + f" --agnostic {agnostic}",
         "settings": settings.describe(),
         "budgets": list(budgets),
         "salient_details": details,
@@ -207,7 +233,7 @@ def sweep_markdown(result: dict[str, Any]) -> str:
 
 
 def _train_seconds(run: dict[str, Any]) -> str:
-    return f"{run['keep_tokens']}:{run['spec']['fusion']} {run['seconds']['fit']} s"
+    return f"{run['keep_tokens']}:{run['name']} {run['seconds']['fit']} s"
 
 
 def write_budget_sweep(result: dict[str, Any], out: Path) -> None:
@@ -228,9 +254,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     add_common_arguments(parser)
     parser.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS))
-    parser.add_argument("--aware", default="gated_xattn", choices=[v for v in VARIANTS if v != "none"])
+    parser.add_argument(
+        "--aware", default=None, help="text-aware variant overlay (default: the base config itself)"
+    )
+    parser.add_argument(
+        "--agnostic",
+        default=None,
+        help="text-agnostic variant overlay (default: the one whose classes say so)",
+    )
     parser.add_argument("--no-timing", action="store_true")
     args = parser.parse_args(argv)
+    unknown = sorted({args.aware, args.agnostic} - {None, *variant_names(args.variant_configs)})
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {variant_names(args.variant_configs)}")
     if sorted(set(args.budgets)) != sorted(args.budgets) or min(args.budgets) < 1:
         parser.error(f"--budgets must be distinct positive integers, got {args.budgets}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -238,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         settings_from_args(args),
         budgets=sorted(args.budgets),
         aware=args.aware,
+        agnostic=args.agnostic,
         timing=not args.no_timing,
         out=args.out,
     )

@@ -9,17 +9,13 @@ on the tokens one encoder hands over, on the magnifier set (12 glyphs, every que
 and scores it on the fixed held-out test split. The encoder is ``configs/demo.yaml`` (the frozen,
 text-aligned pretrained ViT) with one variant overlay of ``configs/ablation/*.yaml`` and the
 cell's budget, built through the CLI's own parser (``TextVisionCLI(args=[...], run=False)``), so
-the configs are the only model definition:
-
-* ``none_textagnostic``: no fusion, CLS-attention pruning (the question never reaches the encoder);
-* ``none_text_selection``: no fusion, then question–patch similarity selection of the frozen
-  encoder's final patches (TRIM / SparseVLM: the question enters only the selection);
-* ``gated_xattn``, ``mutual``, ``film``: the question enters every block, and the same selection;
-* ``gated_xattn_kernel_relevance``: fusion, but pruning by the kernel's (detached) relevance.
+the configs are the only model definition. The variants are the overlay files (each one's header
+says where the question enters: nowhere, only the selection of the final patches, or every
+block); a new file is a new row.
 
 Budgets ``k`` kept patches (+ CLS); ``k`` at or above the patch count (64) keeps every patch (no
-pruning, so the variants that differ only in selection are one model there:
-``none_text_selection`` is not run there).
+pruning, so variants that differ only in the selection are one model there and only one of
+them is run, :func:`unpruned_duplicates`).
 
 **The same grounding signal for every variant**: the cross-entropy of the reader's attention at
 the queried object's token (when it was kept) for every encoder, and of the selection at the
@@ -51,18 +47,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CellSpec", "build_encoder", "main", "run_cell", "summarise", "variant_names"]
+from textvision.bench.experiments.runs import ENCODER, describe_encoder, variant_names
+from textvision.bench.experiments.runs import VARIANT_CONFIGS as VARIANTS_DIR
+from textvision.train.cli import parse_config
+
+__all__ = ["CellSpec", "build_encoder", "cells", "main", "run_cell", "summarise", "unpruned_duplicates"]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = ROOT / "configs" / "demo.yaml"
-VARIANTS_DIR = ROOT / "configs" / "ablation"
 DEFAULT_BUDGETS = (2, 4, 8, 16, 64)
-ENCODER = "--model.vlm.init_args.encoder.init_args"
-
-
-def variant_names(folder: Path = VARIANTS_DIR) -> list[str]:
-    """The variants: one per overlay YAML in ``configs/ablation/``."""
-    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -120,7 +113,7 @@ def build_encoder(variant: str, budget: int, *, seed: int, base_config: str | Pa
         if budget >= probe.model.vlm.encoder.num_tokens() - probe.model.vlm.encoder.num_prefix_tokens:
             cli = probe
         else:
-            cli = TextVisionCLI(args=[*args, f"{ENCODER}.keep_tokens", str(budget)], run=False)
+            cli = TextVisionCLI(args=[*args, f"--{ENCODER}.keep_tokens", str(budget)], run=False)
     return cli.model.vlm.encoder, cli.datamodule.scene
 
 
@@ -263,6 +256,39 @@ def evaluate(encoder, reader, generator, spec: CellSpec) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ the sweep
+#: the encoder's pruning settings: with every patch kept none of them plays a part
+_PRUNING_SETTINGS = (
+    "prune_at",
+    "keep_ratio",
+    "keep_tokens",
+    "scorer",
+    "similarity",
+    "merge_dropped",
+    "keep_order",
+    "relevance_embedding",
+)
+
+
+def unpruned_duplicates(variants: Sequence[str], base_config: str | Path = BASE_CONFIG) -> set[str]:
+    """The variants that keeping every patch are the same encoder as another one: their merged
+    configs differ only in the pruning settings. Of each such group the one whose scorer does not
+    attend to the text is kept (the first when none), the others are returned."""
+    groups: dict[str, list[str]] = {}
+    text_blind: dict[str, bool] = {}
+    for variant in variants:
+        config, _ = parse_config(["-c", str(base_config), "-c", str(VARIANTS_DIR / f"{variant}.yaml")])
+        encoder = config[ENCODER].clone()
+        for key in _PRUNING_SETTINGS:
+            encoder[key] = None
+        groups.setdefault(json.dumps(encoder.as_dict(), sort_keys=True, default=str), []).append(variant)
+        text_blind[variant] = not describe_encoder(config)["scorer_attends_to_text"]
+    out: set[str] = set()
+    for group in groups.values():
+        kept = next((v for v in group if text_blind[v]), group[0])
+        out |= set(group) - {kept}
+    return out
+
+
 def cells(
     variants: Sequence[str],
     budgets: Sequence[int],
@@ -271,13 +297,14 @@ def cells(
     all_patches: int = 64,
     **settings,
 ) -> list[CellSpec]:
-    """The sweep's cells, by budget then seed (``none_text_selection`` keeping all
-    ``all_patches`` is the same model as ``none_textagnostic`` and is skipped)."""
+    """The sweep's cells, by budget then seed; at ``all_patches`` (no pruning) the
+    :func:`unpruned_duplicates` are skipped (the same model as a variant that is run)."""
+    duplicates = unpruned_duplicates(variants, settings.get("base_config", BASE_CONFIG))
     out = []
     for budget in budgets:
         for seed in seeds:
             for variant in variants:
-                if budget >= all_patches and variant == "none_text_selection":
+                if budget >= all_patches and variant in duplicates:
                     continue
                 out.append(CellSpec(variant, int(budget), int(seed), **settings))
     return out

@@ -50,7 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from textvision.bench.experiments.encoder_sweep import BASE_CONFIG, ENCODER, VARIANTS_DIR, variant_names
+from textvision.bench.experiments.encoder_sweep import BASE_CONFIG
+from textvision.bench.experiments.runs import ENCODER, variant_names
+from textvision.bench.experiments.runs import VARIANT_CONFIGS as VARIANTS_DIR
 
 __all__ = ["OptionClassifier", "ProbeSpec", "build_encoder", "main", "run_probe", "to_markdown"]
 
@@ -167,7 +169,7 @@ def build_encoder(spec: ProbeSpec, *, base_config: str | Path = BASE_CONFIG, see
     if spec.keep_tokens == 0:
         args += ["-c", "model: {vlm: {init_args: {encoder: {init_args: {prune_at: [], keep_tokens: null}}}}}"]
     elif spec.keep_tokens is not None:
-        args += [f"{ENCODER}.keep_tokens", str(spec.keep_tokens)]
+        args += [f"--{ENCODER}.keep_tokens", str(spec.keep_tokens)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         cli = TextVisionCLI(args=args, run=False)

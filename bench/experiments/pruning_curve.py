@@ -7,15 +7,15 @@ Keep ratios 1.0, 0.5, 0.25, 0.1 of the 64 patches (64, 32, 16, 7 patches; 1.0 = 
 
 Two experiments, and the output says which one it holds:
 
-* **test-time pruning** (default, cheap): one model per scorer family is trained at the demo's
-  budget (8 patches, shared with the ablation's cache) — ``gated_xattn`` + text-guided pruning and
-  ``none`` + CLS-attention pruning — and only evaluated at each keep ratio, with the pruning
-  scorer swapped at test time: the text-aware model under its own ``text`` relevance and under the
-  text-agnostic ``cls_attention`` and ``token_norm`` scorers (same weights: isolates the scorer),
-  the text-agnostic model under ``cls_attention`` and ``token_norm``. A model trained with 9 visual
-  tokens that sees 33 or 65 at test time is off its training distribution, so accuracy need not
-  rise with the ratio here;
-* **trained at each ratio** (``--train-per-point``): every (variant, ratio) point is its own
+* **test-time pruning** (default, cheap): a text-aware and a text-agnostic model (the budget
+  sweep's pair: the base config and the text-agnostic variant overlay) are trained at the demo's
+  budget (8 patches, shared with the ablation's cache) and only evaluated at each keep ratio, with
+  the pruning scorer swapped at test time: each model under its own scorer and under every
+  registered scorer that can run on it without settings (:func:`swappable_scorers`: the
+  text-agnostic ones, and the fusion-relevance one on a model whose fusion attends to the text),
+  same weights, so the scorer is isolated. A model trained with 9 visual tokens that sees 33 or 65
+  at test time is off its training distribution, so accuracy need not rise with the ratio here;
+* **trained at each ratio** (``--train-per-point``): every (model, ratio) point is its own
   training run — what a budget really costs — at the price of one run per point.
 
 Encoder time is measured for every point (vision side with fusion and pruning, text features
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from textvision.bench.experiments.ablation import variant_spec
+from textvision.bench.experiments.budget_sweep import default_agnostic
 from textvision.bench.experiments.plots import plot_pruning_curve
 from textvision.bench.experiments.runs import (
     BenchSettings,
@@ -41,24 +41,31 @@ from textvision.bench.experiments.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
+    variant_spec,
     write_result,
 )
 
-__all__ = ["DEFAULT_RATIOS", "SCORER_FAMILIES", "curve_markdown", "main", "run_pruning_curve"]
+__all__ = ["DEFAULT_RATIOS", "curve_markdown", "main", "run_pruning_curve", "swappable_scorers"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (1.0, 0.5, 0.25, 0.1)
-#: trained fusion variant -> scorers evaluated on it (its own first)
-SCORER_FAMILIES: dict[str, tuple[str, ...]] = {
-    "gated_xattn": ("text", "cls_attention", "token_norm"),
-    "none": ("cls_attention", "token_norm"),
-}
-_SCORER_LABEL = {"text": "text-guided", "cls_attention": "CLS attention", "token_norm": "token norm"}
 
 
-def _series_name(fusion: str, scorer: str) -> str:
-    return f"{fusion} model, {_SCORER_LABEL[scorer]} scorer"
+def swappable_scorers(encoder: Mapping[str, Any]) -> list[str]:
+    """The registered scorers a trained model (its record's ``encoder``) is also evaluated under:
+    those that need no settings and can run on it — every scorer that does not attend to the text,
+    and those reading the fusion kernels' relevance when the model's fusion attends to the text
+    (what the classes declare)."""
+    from textvision.pruning import SCORERS
+
+    out = []
+    for name, cls in SCORERS.items():
+        if name == encoder["scorer"]:
+            continue
+        if (cls.reads_fusion_relevance and encoder["fusion_attends_to_text"]) or not cls.attends_to_text:
+            out.append(name)
+    return out
 
 
 def run_pruning_curve(
@@ -67,47 +74,51 @@ def run_pruning_curve(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     train_keep_tokens: int = 8,
     train_per_point: bool = False,
-    families: Mapping[str, Sequence[str]] = SCORER_FAMILIES,
+    families: Mapping[str | None, Sequence[str] | None] | None = None,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate (and time) every scorer family at every keep ratio; write outputs into ``out``.
+    """Evaluate (and time) every model and scorer at every keep ratio; write outputs into ``out``.
 
-    ``families`` maps a trained fusion variant to the scorers evaluated on it (default
-    :data:`SCORER_FAMILIES`); with ``train_per_point`` only each family's own scorer is used.
+    ``families`` maps a variant overlay (None: the base config) to the scorers evaluated on the
+    model trained with it besides its own (None: :func:`swappable_scorers`); default the base
+    config and :func:`~textvision.bench.experiments.budget_sweep.default_agnostic`. With
+    ``train_per_point`` only each model's own scorer is used.
     """
     start = time.perf_counter()
+    if families is None:
+        families = {None: None, default_agnostic(settings): None}
     series: dict[str, list[dict[str, Any]]] = {}
     trained_on: dict[str, str] = {}
-    configs = settings.variant_configs
-    for fusion, scorers in families.items():
-        own_scorer = variant_spec(fusion, keep_tokens=train_keep_tokens, variant_configs=configs).scorer
+    folder = settings.variant_configs
+    for variant, extra in families.items():
         if train_per_point:
-            # one run per (fusion, ratio), each with the family's own scorer
+            # one run per (model, ratio), each with its own scorer
             points = []
             for ratio in ratios:
-                spec = variant_spec(fusion, keep_ratio=ratio, variant_configs=configs)
-                record = train_and_evaluate(spec, settings, timing=True)
+                record = train_and_evaluate(variant_spec(variant, keep_ratio=ratio, folder=folder), settings)
                 record["keep_ratio"] = ratio
                 points.append(record)
-            series[_series_name(fusion, own_scorer)] = points
+            series[_series_name(points[0], None)] = points
             continue
         record = train_and_evaluate(
-            variant_spec(fusion, keep_tokens=train_keep_tokens, variant_configs=configs), settings
+            variant_spec(variant, keep_tokens=train_keep_tokens, folder=folder), settings
         )
-        trained_on[fusion] = record["run_dir"]
+        trained_on[RunSpec(**record["spec"]).variant] = record["run_dir"]
         unpruned = None
+        scorers = [None, *(swappable_scorers(record["encoder"]) if extra is None else extra)]
         for scorer in scorers:
             points = []
             for ratio in ratios:
                 if ratio == 1.0 and unpruned is not None:
                     points.append(unpruned)  # no pruning: the scorer plays no part
                     continue
-                point = evaluate_trained(record, RunSpec(fusion, scorer, keep_ratio=ratio), settings)
+                spec = variant_spec(variant, keep_ratio=ratio, scorer=scorer, folder=folder)
+                point = evaluate_trained(record, spec, settings)
                 point["keep_ratio"] = ratio
                 points.append(point)
                 if ratio == 1.0:
                     unpruned = point
-            series[_series_name(fusion, scorer)] = points
+            series[_series_name(record, scorer)] = points
     mode = (
         "trained at each ratio"
         if train_per_point
@@ -129,6 +140,12 @@ def run_pruning_curve(
     if out is not None:
         write_pruning_curve(result, out)
     return result
+
+
+def _series_name(record: Mapping[str, Any], scorer: str | None) -> str:
+    """``<variant> model, <scorer> scorer`` (the model's own scorer when ``scorer`` is None)."""
+    own = record["encoder"]["scorer"]
+    return f"{RunSpec(**record['spec']).variant} model, {scorer or own} scorer"
 
 
 def curve_markdown(result: dict[str, Any]) -> str:

@@ -154,6 +154,11 @@ def _demote(markdown: str, levels: int = 2) -> str:
     ).strip()
 
 
+def _text_agnostic(run: dict[str, Any]) -> bool:
+    encoder = run.get("encoder") or {}
+    return encoder.get("fusion_attends_to_text") is False and encoder.get("scorer_attends_to_text") is False
+
+
 def _headline(name: str, result: dict[str, Any]) -> list[str]:
     """One or two sentences that state what the table shows, from the numbers themselves."""
     out = []
@@ -165,7 +170,8 @@ def _headline(name: str, result: dict[str, Any]) -> list[str]:
                 "every headline metric): at these settings the models did not learn the task, so the "
                 "ablation does not rank the fusion variants. The differences below are noise."
             )
-        base = next((r for r in runs if r["spec"]["fusion"] == "none"), None)
+        # the text-agnostic run (its fusion and scorer classes declare no attention to the text)
+        base = next((r for r in runs if _text_agnostic(r)), None)
         if base is not None:
             for r in runs:
                 if r is base:

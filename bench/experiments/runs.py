@@ -1,23 +1,25 @@
-"""One benchmark run: derive a config from the demo YAML, train it through LightningCLI, evaluate.
+"""One experiment run: a config merged by LightningCLI, trained through it, evaluated.
 
 Every number of the fusion ablation, the budget sweep and the pruning curve comes from
 :func:`train_and_evaluate` (or :func:`evaluate_trained` for test-time changes of a trained model):
 
-1. :func:`derive_config` copies a base LightningCLI YAML (``configs/demo.yaml`` by default) and
-   overrides only what the experiment varies — the fusion variant, the pruning scorer and the
-   visual-token budget — plus the run's size (steps, batch, seed, test items) and bookkeeping
-   (run folder, a CSV logger, no validation or checkpoint callbacks: the held-out test below is
-   the measurement, and a run is cached by its result file instead);
-2. the derived YAML is written into the run folder and trained with
-   ``TextVisionCLI(args=["-c", yaml], run=False)`` + ``trainer.fit`` (the same path as
-   ``textvision fit``), so every run is reproducible with
-   ``textvision fit -c <run folder>/config.yaml``;
+1. the run's config is what ``textvision fit -c <base> -c <variant overlay> <flags>`` parses: the
+   base config (``configs/demo.yaml`` by default), the variant's overlay
+   (``configs/ablation/<variant>.yaml``) and flags for what the experiment varies — the
+   visual-token budget and, at test time, the pruning scorer — plus the run's size (steps, batch,
+   seed, test items) and bookkeeping (run folder, a CSV logger, no validation or checkpoint
+   callbacks: the held-out test below is the measurement). LightningCLI does all the merging
+   (:func:`run_arguments` only writes the command line);
+2. the merged config is written into the run folder (``textvision fit -c <run folder>/config.yaml``
+   reproduces the run) and trained with ``TextVisionCLI(args=..., run=False)`` + ``trainer.fit``;
 3. the trained ``TextAwareVLM`` is scored on the datamodule's fixed held-out test splits through
    the evaluator (``textvision.eval.evaluate_benchmark``, option log-likelihood), giving accuracy
    per set and MMVP pair accuracy for ``mmvp_pairs``;
-4. the trainable weights go to ``weights.safetensors`` and the record to ``result.json`` in the
-   run folder, keyed by a hash of the derived config: a second call with the same settings reads
-   the record instead of training again (the budget sweep reuses the ablation's runs this way).
+4. the weights go to ``model.ckpt`` through the trainer's own checkpoint path
+   (``trainer.save_checkpoint``, frozen pretrained weights left out by the module, the config's
+   ``CheckpointIO`` plugin) and the record to ``result.json``; the folder is named by a hash of the
+   merged config, so a second call with the same settings reads the record instead of training
+   again (the budget sweep reuses the ablation's runs this way).
 
 Encoder time is measured separately (:func:`time_encoder`), so it can be re-measured on a quiet
 machine without retraining.
@@ -25,8 +27,8 @@ machine without retraining.
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import importlib
 import json
 import logging
 import platform
@@ -40,61 +42,71 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lightning.pytorch import Callback
+
+from textvision.train.cli import TextVisionCLI, parse_config
 
 __all__ = [
     "HEADLINE_METRICS",
+    "VARIANT_CONFIGS",
     "BenchSettings",
     "RunSpec",
     "StepTimer",
     "above_chance",
     "add_common_arguments",
     "base_max_steps",
+    "component_class",
+    "component_name",
     "config_hash",
     "count_parameters",
-    "derive_config",
+    "describe_encoder",
     "evaluate_sets",
     "evaluate_trained",
     "image_dependence",
     "load_trained",
-    "merge_configs",
     "pct",
     "probe_trained",
+    "run_arguments",
     "settings_from_args",
+    "text_agnostic_variants",
     "time_encoder",
     "train_and_evaluate",
+    "variant_encoder",
+    "variant_names",
+    "variant_spec",
     "write_result",
 ]
 
 log = logging.getLogger(__name__)
 
-_ENCODER_PATH = ("model", "vlm", "init_args", "encoder", "init_args")
+#: the encoder's settings in a parsed config (a dotted key) and on the command line (``--`` + it)
+ENCODER = "model.vlm.init_args.encoder.init_args"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the weights of a run, written by ``trainer.save_checkpoint``
+_CHECKPOINT = "model.ckpt"
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What one run varies: the fusion variant, the pruning scorer and the visual-token budget.
+    """What one run varies: the variant overlay, the visual-token budget, and optionally the scorer.
 
     Args:
-        fusion: registered fusion variant (``none``, ``gated_xattn``, ``mutual``, ``film``).
-        scorer: pruning scorer (``text``, ``cls_attention``, ``token_norm``).
+        overlay: a LightningCLI YAML merged over the base config (e.g.
+            ``configs/ablation/gated_xattn.yaml``), as ``textvision fit -c base -c overlay`` does;
+            None: the base config alone.
         keep_tokens: patches kept at the pruning step (CLS is added on top), or None.
         keep_ratio: fraction of patches kept instead of ``keep_tokens``; ``1.0`` disables pruning
             (``prune_at: []``, the unpruned encoder).
-        label: display name; default ``"<fusion> + <scorer>"``.
-        overlay: a LightningCLI YAML merged over the base config first (e.g.
-            ``configs/ablation/gated_xattn.yaml``), as ``textvision fit -c base -c overlay`` would;
-            the fields above are then set on top.
+        scorer: a pruning scorer set on top (a registered short name, e.g. to swap the scorer of a
+            trained model at test time); None: the config's.
+        label: display name; default the variant, and the scorer when one is set.
     """
 
-    fusion: str
-    scorer: str
+    overlay: str | None = None
     keep_tokens: int | None = None
     keep_ratio: float | None = None
+    scorer: str | None = None
     label: str | None = None
-    overlay: str | None = None
 
     def __post_init__(self) -> None:
         if (self.keep_tokens is None) == (self.keep_ratio is None):
@@ -105,28 +117,82 @@ class RunSpec:
             raise ValueError(f"{self}: keep_ratio must be in (0, 1]")
 
     @property
+    def variant(self) -> str:
+        """The overlay's file name without ``.yaml``, or ``base`` without an overlay."""
+        return Path(self.overlay).stem if self.overlay else "base"
+
+    @property
     def name(self) -> str:
-        return self.label or f"{self.fusion} + {self.scorer}"
+        return self.label or (f"{self.variant}, {self.scorer} scorer" if self.scorer else self.variant)
 
     @property
     def budget(self) -> str:
         return f"k{self.keep_tokens}" if self.keep_tokens is not None else f"r{self.keep_ratio:g}"
 
-    @property
-    def slug(self) -> str:
-        """File-system name: ``<fusion>-<scorer>-<budget>``."""
-        return f"{self.fusion}-{self.scorer}-{self.budget}"
-
-    def encoder_overrides(self) -> dict[str, Any]:
-        """Encoder ``init_args`` this run sets."""
-        out: dict[str, Any] = {"fusion": self.fusion, "scorer": self.scorer}
+    def encoder_flags(self) -> list[str]:
+        """The command-line flags setting this run's encoder budget (and scorer)."""
+        values: dict[str, Any] = {}
+        if self.scorer is not None:
+            values["scorer"] = self.scorer
         if self.keep_ratio == 1.0:
-            out.update(prune_at=[], keep_tokens=None, keep_ratio=None)
+            values.update(prune_at=[], keep_tokens=None, keep_ratio=None)
         elif self.keep_ratio is not None:
-            out.update(keep_tokens=None, keep_ratio=float(self.keep_ratio))
+            values.update(keep_tokens=None, keep_ratio=float(self.keep_ratio))
         else:
-            out.update(keep_tokens=int(self.keep_tokens), keep_ratio=None)
-        return out
+            values.update(keep_tokens=int(self.keep_tokens), keep_ratio=None)
+        return _flags(ENCODER, values)
+
+
+def _flags(key: str, values: Mapping[str, Any]) -> list[str]:
+    """``-c <values under the dotted key, as YAML>``: merged by LightningCLI like one more config
+    file (a ``--a.init_args.b null`` flag is not read as None inside nested class arguments)."""
+    tree: Any = dict(values)
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return ["-c", json.dumps(tree)]  # JSON is YAML
+
+
+#: the variants of the experiments: one overlay YAML each (``textvision fit -c base -c overlay``)
+VARIANT_CONFIGS = _REPO_ROOT / "configs" / "ablation"
+
+
+def variant_names(folder: str | Path = VARIANT_CONFIGS) -> list[str]:
+    """The variants: one per overlay YAML in ``folder``."""
+    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+
+
+def variant_spec(
+    variant: str | None,
+    *,
+    keep_tokens: int | None = None,
+    keep_ratio: float | None = None,
+    scorer: str | None = None,
+    folder: str | Path = VARIANT_CONFIGS,
+) -> RunSpec:
+    """The :class:`RunSpec` of ``<folder>/<variant>.yaml`` (None: the base config alone) at a budget."""
+    if variant is None:
+        return RunSpec(None, keep_tokens=keep_tokens, keep_ratio=keep_ratio, scorer=scorer)
+    path = Path(folder) / f"{variant}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown variant {variant!r}; choose from {variant_names(folder)} (in {folder})")
+    return RunSpec(str(path), keep_tokens=keep_tokens, keep_ratio=keep_ratio, scorer=scorer)
+
+
+def variant_encoder(variant: str | None, settings: BenchSettings) -> dict[str, Any]:
+    """:func:`describe_encoder` of a variant overlay merged over the base config (None: the base)."""
+    spec = variant_spec(variant, keep_ratio=1.0, folder=settings.variant_configs)
+    return describe_encoder(parse_config(_base_arguments(spec, settings))[0])
+
+
+def text_agnostic_variants(settings: BenchSettings) -> list[str]:
+    """The variants whose fusion and scorer both declare that they do not attend to the text
+    (``attends_to_text`` of their classes)."""
+    out = []
+    for name in variant_names(settings.variant_configs):
+        encoder = variant_encoder(name, settings)
+        if not (encoder["fusion_attends_to_text"] or encoder["scorer_attends_to_text"]):
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -144,8 +210,8 @@ class BenchSettings:
         timing_batch: images per encoder forward when timing.
         timing_repeats: timed forwards (median and min reported).
         force: retrain even when a cached result exists.
-        variant_configs: folder of per-variant overlay YAMLs (``configs/ablation/``) merged over
-            the base config for each fusion variant; None uses the base config alone.
+        variant_configs: folder of the variant overlay YAMLs (``configs/ablation/``), each merged
+            over the base config.
     """
 
     base_config: Path = field(default_factory=lambda: _REPO_ROOT / "configs" / "demo.yaml")
@@ -158,14 +224,14 @@ class BenchSettings:
     timing_batch: int = 64
     timing_repeats: int = 7
     force: bool = False
-    variant_configs: Path | None = field(default_factory=lambda: _REPO_ROOT / "configs" / "ablation")
+    variant_configs: Path = VARIANT_CONFIGS
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings; paths inside the repository are given relative to it."""
         out = asdict(self)
         out["base_config"] = _display_path(self.base_config)
         out["work_dir"] = str(self.work_dir)
-        out["variant_configs"] = None if self.variant_configs is None else _display_path(self.variant_configs)
+        out["variant_configs"] = _display_path(self.variant_configs)
         return out
 
 
@@ -209,91 +275,115 @@ class StepTimer(Callback):
             )
 
 
-def _dig(config: dict[str, Any], path: Sequence[str], source: str) -> dict[str, Any]:
-    node: Any = config
-    for i, key in enumerate(path):
-        if not isinstance(node, dict) or key not in node:
-            raise KeyError(f"{source}: no `{'.'.join(path[: i + 1])}` (needed to set the encoder's settings)")
-        node = node[key]
-    if not isinstance(node, dict):
-        raise KeyError(f"{source}: `{'.'.join(path)}` is not a mapping")
-    return node
+def _cli(args: Sequence[str]) -> TextVisionCLI:
+    with warnings.catch_warnings():
+        # LightningCLI warns when args are given while sys.argv holds the bench runner's own flags.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        return TextVisionCLI(args=list(args), run=False)
 
 
-def derive_config(
-    base: Mapping[str, Any], spec: RunSpec, settings: BenchSettings, *, run_dir: Path, source: str = "config"
-) -> dict[str, Any]:
-    """The base config with ``spec``'s encoder settings and the run's size and bookkeeping.
+def config_hash(config_yaml: str) -> str:
+    """The run's identity: a hash of its merged config (without the run folder)."""
+    return hashlib.sha256(config_yaml.encode()).hexdigest()[:10]
 
-    Only the encoder's ``fusion``/``scorer``/``keep_tokens``/``keep_ratio``/``prune_at``, the
-    trainer's length, logging and callbacks, and the data's ``seed``/``test_size``/``batch_size``
-    change; everything else (model sizes, learning rates, data geometry) is the base's. An object
-    curriculum (``data.init_args.objects_warmup_steps``) keeps its *fraction* of the base run's
+
+def component_class(value: Any, registry: Mapping[str, type]) -> type:
+    """The class a config's ``fusion`` or ``scorer`` value stands for: a short name of
+    ``registry`` (``FUSIONS``, ``SCORERS``) or a ``class_path`` (with its ``init_args``)."""
+    if isinstance(value, str):
+        return registry[value]
+    module, _, name = str(value.get("class_path")).rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def component_name(value: Any, registry: Mapping[str, type]) -> str:
+    """The short name of a config's ``fusion``/``scorer`` value, or its class path when the class
+    has none (a user's variant)."""
+    cls = component_class(value, registry)
+    return next((n for n, c in registry.items() if c is cls), f"{cls.__module__}.{cls.__qualname__}")
+
+
+def describe_encoder(config: Any) -> dict[str, Any]:
+    """The fusion and scorer of a parsed config, by name, and what their classes declare."""
+    from textvision.fusion import FUSIONS
+    from textvision.pruning import SCORERS
+
+    fusion, scorer = config[f"{ENCODER}.fusion"], config[f"{ENCODER}.scorer"]
+    return {
+        "fusion": component_name(fusion, FUSIONS),
+        "scorer": component_name(scorer, SCORERS),
+        "fusion_attends_to_text": component_class(fusion, FUSIONS).attends_to_text,
+        "scorer_attends_to_text": component_class(scorer, SCORERS).attends_to_text,
+        "pruned": bool(config[f"{ENCODER}.prune_at"]),
+    }
+
+
+def _base_arguments(spec: RunSpec, settings: BenchSettings) -> list[str]:
+    base = Path(settings.base_config)
+    if not base.is_file():
+        raise FileNotFoundError(f"base config {base} not found (pass --base-config PATH)")
+    if spec.overlay is not None and not Path(spec.overlay).is_file():
+        raise FileNotFoundError(f"overlay config {spec.overlay} not found")
+    return ["-c", str(base)] + ([] if spec.overlay is None else ["-c", str(spec.overlay)])
+
+
+def run_arguments(spec: RunSpec, settings: BenchSettings) -> list[str]:
+    """The ``TextVisionCLI`` arguments of a run, less its folder: ``-c base [-c overlay]`` and flags.
+
+    Only the encoder's budget (and scorer, when ``spec`` sets one), the trainer's length,
+    logging and callbacks, and the data's ``seed``/``test_size``/``batch_size`` are set; everything
+    else (model sizes, learning rates, data geometry) is the configs'. An object curriculum
+    (``data.init_args.objects_warmup_steps``) keeps its *fraction* of the base run's
     ``max_steps``, so a shorter bench run still ends on full-size scenes.
     """
-    config = copy.deepcopy(dict(base))
-    if spec.overlay is not None:
-        overlay_path = Path(spec.overlay)
-        if not overlay_path.is_file():
-            raise FileNotFoundError(f"overlay config {overlay_path} not found")
-        config = merge_configs(config, yaml.safe_load(overlay_path.read_text()) or {})
-        source = f"{source} + {overlay_path}"
-    encoder = _dig(config, _ENCODER_PATH, source)
-    if spec.scorer == "text" and not encoder.get("prune_at", []) and spec.keep_ratio != 1.0:
-        raise ValueError(f"{source}: the encoder has no prune_at, so a token budget cannot be set")
-    encoder.update(spec.encoder_overrides())
-    trainer = config.setdefault("trainer", {})
-    base_steps = int(trainer.get("max_steps") or 0)
-    run_dir = Path(run_dir)
-    trainer.update(
-        max_steps=int(settings.steps),
-        max_epochs=-1,
-        default_root_dir=str(run_dir),
-        logger=[
-            {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0},
-            }
-        ],
-        callbacks=[{"class_path": "textvision.bench.experiments.runs.StepTimer", "init_args": {"every": 50}}],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(10, int(settings.steps))),
-    )
-    config["seed_everything"] = int(settings.seed)
-    data = config.setdefault("data", {}).setdefault("init_args", {})
-    data.update(
-        seed=int(settings.seed), test_size=int(settings.test_size), eval_batch_size=settings.eval_batch_size
-    )
+    args = _base_arguments(spec, settings)
+    base, _ = parse_config(args)
+    if not base[f"{ENCODER}.prune_at"] and spec.keep_ratio != 1.0:
+        raise ValueError(
+            f"{' + '.join(args[1::2])}: the encoder has no prune_at, so a token budget cannot be set"
+        )
+    steps = int(settings.steps)
+    timer = f"{StepTimer.__module__}.{StepTimer.__qualname__}"
+    trainer = {
+        # the run's folder is set when it is built (_folder_flags); this one stands for it, so that
+        # a variant overlay's own default_root_dir does not split runs of the same model
+        "default_root_dir": str(settings.work_dir),
+        "max_steps": steps,
+        "max_epochs": -1,
+        "callbacks": [{"class_path": timer, "init_args": {"every": 50}}],
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": max(1, min(10, steps)),
+    }
+    data: dict[str, Any] = {
+        "seed": int(settings.seed),
+        "test_size": int(settings.test_size),
+        "eval_batch_size": int(settings.eval_batch_size),
+    }
     if settings.batch_size is not None:
         data["batch_size"] = int(settings.batch_size)
-    warmup = int(data.get("objects_warmup_steps") or 0)
+    warmup, base_steps = base.get("data.init_args.objects_warmup_steps") or 0, base["trainer.max_steps"] or 0
     if warmup and base_steps > 0:
-        data["objects_warmup_steps"] = max(1, round(warmup * int(settings.steps) / base_steps))
-    return config
+        data["objects_warmup_steps"] = max(1, round(warmup * steps / base_steps))
+    return [
+        *args,
+        *spec.encoder_flags(),
+        *_flags("trainer", trainer),
+        *_flags("data.init_args", data),
+        "--seed_everything",
+        str(int(settings.seed)),
+    ]
 
 
-def merge_configs(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """``overlay`` merged into ``base``: mappings merge key by key, anything else is replaced
-    (how LightningCLI combines two ``-c`` files for these plain overlays)."""
-    out = copy.deepcopy(dict(base))
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_configs(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Hash of a derived config without its run-folder paths (the run's identity)."""
-    clean = copy.deepcopy(dict(config))
-    trainer = clean.get("trainer", {})
-    trainer.pop("default_root_dir", None)
-    trainer.pop("logger", None)
-    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def _folder_flags(run_dir: Path) -> list[str]:
+    """Where a run writes: its folder and a CSV logger in it (not part of its identity)."""
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0},
+    }
+    return _flags("trainer", {"default_root_dir": str(run_dir), "logger": [logger]})
 
 
 def count_parameters(
@@ -321,15 +411,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def _build(config_path: Path):
-    from textvision.train.cli import TextVisionCLI
-
-    with warnings.catch_warnings():
-        # LightningCLI warns when args are given while sys.argv holds the bench runner's own flags.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        return TextVisionCLI(args=["-c", str(config_path)], run=False)
 
 
 def evaluate_sets(vlm: torch.nn.Module, datasets: Mapping[str, Any], *, batch_size: int) -> dict[str, Any]:
@@ -422,70 +503,54 @@ def _timing_batch(datamodule, size: int) -> tuple[torch.Tensor, list[str]]:
     return batch["image"], list(batch["instruction"])
 
 
-def _save_weights(module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    dropped = {f"vlm.{n}" for n in module.vlm.reloadable_frozen_names()}
-    # clone: tied weights (LM embedding / head) share storage, which safetensors refuses.
-    state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items() if k not in dropped}
-    save_file(state, str(path))
+#: encoder modules that an evaluation-time setting may leave out of a trained model: a scorer with
+#: parameters swapped for one without (``similarity``), no pruning or a non-differentiable scorer
+#: (``relevance_embedding``)
+_EVAL_TIME_MODULES = ("vlm.encoder.similarity.", "vlm.encoder.relevance_embedding")
 
 
 def _load_weights(module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    result = module.load_state_dict(state, strict=False)
-    allowed = {f"vlm.{n}" for n in module.vlm.reloadable_frozen_names()}
-    missing = sorted(set(result.missing_keys) - allowed)
-    if missing or result.unexpected_keys:
-        raise RuntimeError(
-            f"{path} does not fit the model: missing {missing[:10]}, unexpected {result.unexpected_keys[:10]}"
-        )
-
-
-def _run_dir(
-    spec: RunSpec, settings: BenchSettings, base: Mapping[str, Any], source: str
-) -> tuple[Path, dict]:
-    probe = derive_config(base, spec, settings, run_dir=Path("."), source=source)
-    run_dir = Path(settings.work_dir) / f"{spec.slug}-{config_hash(probe)}"
-    return run_dir, derive_config(base, spec, settings, run_dir=run_dir, source=source)
-
-
-def _read_base(settings: BenchSettings) -> tuple[dict[str, Any], str]:
-    path = Path(settings.base_config)
-    if not path.is_file():
-        raise FileNotFoundError(f"base config {path} not found (pass --base-config PATH)")
-    return yaml.safe_load(path.read_text()), str(path)
+    """A run's checkpoint into ``module``, as :meth:`TextVisionModule.load_weights` loads it
+    (``on_load_checkpoint`` checks that only frozen pretrained weights are absent), less the
+    weights of encoder modules that this evaluation's pruning setting does not build."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state, built = checkpoint["state_dict"], set(module.state_dict())
+    for key in [k for k in state if k not in built and k.startswith(_EVAL_TIME_MODULES)]:
+        del state[key]
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(state, strict=False)
 
 
 def train_and_evaluate(spec: RunSpec, settings: BenchSettings, *, timing: bool = False) -> dict[str, Any]:
     """Train ``spec`` under ``settings`` (or read its cached result) and evaluate it on the test sets.
 
-    Returns the run record (also in ``<run folder>/result.json``): spec, parameter counts,
-    visual tokens reaching the LM, per-set metrics with chance levels, seconds, final loss; with
-    ``timing``, also ``encoder_time`` (:func:`time_encoder`), measured now — on the model in memory
-    after training, or on the rebuilt model for a cached run — and not cached, so a re-run on a
-    quiet machine re-measures it.
+    Returns the run record (also in ``<run folder>/result.json``): spec, the encoder's fusion and
+    scorer, parameter counts, visual tokens reaching the LM, per-set metrics with chance levels,
+    seconds, final loss; with ``timing``, also ``encoder_time`` (:func:`time_encoder`) and
+    ``image_dependence``, measured now — on the model in memory after training, or on the rebuilt
+    model for a cached run — and not cached, so a re-run on a quiet machine re-measures them.
     """
-    base, source = _read_base(settings)
-    run_dir, config = _run_dir(spec, settings, base, source)
-    result_path = run_dir / "result.json"
-    digest = config_hash(config)
-    if result_path.is_file() and (run_dir / "weights.safetensors").is_file() and not settings.force:
+    args = run_arguments(spec, settings)
+    config, config_yaml = parse_config(args)
+    digest, encoder = config_hash(config_yaml), describe_encoder(config)
+    # named by what was trained, not by who asked: the same config from another variant file
+    # (an overlay equal to the base config) is the same run
+    run_dir = Path(settings.work_dir) / f"{encoder['fusion']}-{encoder['scorer']}-{spec.budget}-{digest}"
+    result_path, checkpoint = run_dir / "result.json", run_dir / _CHECKPOINT
+    if result_path.is_file() and checkpoint.is_file() and not settings.force:
         record = json.loads(result_path.read_text())
         if record.get("config_hash") == digest:
             log.info("%s: cached result %s", spec.name, result_path)
-            record["cached"] = True
+            record.update(spec=asdict(spec), name=spec.name, cached=True)
             if timing:
                 record["encoder_time"], record["image_dependence"] = probe_trained(record, settings)
             return record
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log.info("%s: training %d steps (%s)", spec.name, settings.steps, config_path)
     start = time.perf_counter()
-    cli = _build(config_path)
+    cli = _cli([*args, *_folder_flags(run_dir)])
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(cli.parser.dump(cli.config, skip_unset=False))
+    log.info("%s: training %d steps (%s)", spec.name, settings.steps, config_path)
     module, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     built = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -498,11 +563,11 @@ def train_and_evaluate(spec: RunSpec, settings: BenchSettings, *, timing: bool =
     record = {
         "spec": asdict(spec),
         "name": spec.name,
-        "slug": spec.slug,
+        "encoder": encoder,
         "config_hash": digest,
         "run_dir": str(run_dir),
         "config": str(config_path),
-        "base_config": source,
+        "base_config": _display_path(settings.base_config),
         "steps": int(trainer.global_step),
         "batch_size": int(getattr(datamodule, "batch_size", 0)),
         "seed": settings.seed,
@@ -523,7 +588,8 @@ def train_and_evaluate(spec: RunSpec, settings: BenchSettings, *, timing: bool =
         "git_commit": _git_commit(),
         "cached": False,
     }
-    _save_weights(module, run_dir / "weights.safetensors")
+    # the trainer's own checkpoint path: the module leaves out the frozen pretrained weights
+    trainer.save_checkpoint(checkpoint, weights_only=True)
     result_path.write_text(json.dumps(record, indent=2) + "\n")
     if timing:
         images, instructions = _timing_batch(datamodule, settings.timing_batch)
@@ -534,21 +600,16 @@ def train_and_evaluate(spec: RunSpec, settings: BenchSettings, *, timing: bool =
     return record
 
 
-def load_trained(record: Mapping[str, Any], spec: RunSpec | None = None, *, settings: BenchSettings):
-    """Rebuild a trained run's model, optionally with another encoder pruning setting.
+def load_trained(record: Mapping[str, Any], spec: RunSpec | None = None) -> TextVisionCLI:
+    """Rebuild a trained run's model from its config, optionally with another pruning setting.
 
-    ``spec`` (default: the run's own) changes only the encoder's scorer/budget; the weights are
-    the run's (pruning has no parameters, so every setting loads the same state dict).
-    Returns the LightningCLI object (``.model``, ``.datamodule``).
+    ``spec`` (default: the run's own) changes only the encoder's budget and scorer, as flags on
+    top of the run's config; the weights are the run's checkpoint. Returns the LightningCLI
+    object (``.model``, ``.datamodule``), the test splits set up.
     """
-    run_dir = Path(record["run_dir"])
-    config = yaml.safe_load(Path(record["config"]).read_text())
-    if spec is not None:
-        _dig(config, _ENCODER_PATH, record["config"]).update(spec.encoder_overrides())
-    variant_path = run_dir / f"config.eval-{(spec or RunSpec(**record['spec'])).slug}.yaml"
-    variant_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cli = _build(variant_path)
-    _load_weights(cli.model, run_dir / "weights.safetensors")
+    flags = [] if spec is None else spec.encoder_flags()
+    cli = _cli(["-c", str(record["config"]), *flags])
+    _load_weights(cli.model, Path(record["run_dir"]) / _CHECKPOINT)
     cli.datamodule.setup("test")
     return cli
 
@@ -557,7 +618,7 @@ def evaluate_trained(
     record: Mapping[str, Any], spec: RunSpec, settings: BenchSettings, *, timing: bool = True
 ) -> dict[str, Any]:
     """Test-time change of a trained run: rebuild it with ``spec``'s pruning, evaluate and time it."""
-    cli = load_trained(record, spec, settings=settings)
+    cli = load_trained(record, spec)
     module = cli.model.eval()
     start = time.perf_counter()
     sets = evaluate_sets(module.vlm, cli.datamodule.test_datasets(), batch_size=settings.eval_batch_size)
@@ -566,6 +627,7 @@ def evaluate_trained(
         "trained": record["name"],
         "trained_budget": RunSpec(**record["spec"]).budget,
         "spec": asdict(spec),
+        "encoder": describe_encoder(cli.config),
         "visual_tokens_to_lm": int(module.vlm.encoder.num_tokens()),
         "sets": sets,
         "seconds_evaluate": round(time.perf_counter() - start, 1),
@@ -582,7 +644,7 @@ def probe_trained(
     record: Mapping[str, Any], settings: BenchSettings
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Encoder timing and :func:`image_dependence` of a trained run, from one rebuild."""
-    cli = load_trained(record, settings=settings)
+    cli = load_trained(record)
     images, instructions = _timing_batch(cli.datamodule, settings.timing_batch)
     timing = time_encoder(cli.model.vlm.encoder, images, instructions, repeats=settings.timing_repeats)
     return timing, image_dependence(cli.model.vlm, cli.datamodule.test_datasets())
@@ -686,16 +748,16 @@ def add_common_arguments(parser) -> None:
         "--variant-configs",
         type=Path,
         default=defaults.variant_configs,
-        help="folder of per-variant overlay YAMLs (configs/ablation); 'none' for the base config alone",
+        help="folder of the variant overlay YAMLs (configs/ablation)",
     )
 
 
 def base_max_steps(config_path: str | Path) -> int:
-    """``trainer.max_steps`` of a LightningCLI YAML (the bench's default run length)."""
+    """``trainer.max_steps`` of a LightningCLI YAML as the CLI parses it (the default run length)."""
     path = Path(config_path)
     if not path.is_file():
         raise FileNotFoundError(f"base config {path} not found")
-    steps = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("max_steps")
+    steps = parse_config(["-c", str(path)])[0]["trainer.max_steps"]
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(
             f"{path}: trainer.max_steps must be a positive integer to default --steps, got {steps!r}"
@@ -721,7 +783,7 @@ def settings_from_args(args) -> BenchSettings:
         timing_batch=args.timing_batch,
         timing_repeats=args.timing_repeats,
         force=args.force,
-        variant_configs=None if str(args.variant_configs).lower() == "none" else args.variant_configs,
+        variant_configs=args.variant_configs,
     )
 
 

@@ -41,10 +41,26 @@ def bench_settings(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ablation_result(bench_settings, tmp_path_factory):
-    """``none`` and ``gated_xattn`` at 4 kept patches (of 16), written to a results folder."""
+def variants(bench_settings) -> dict[str, str]:
+    """``{"agnostic", "aware"}``: the overlay whose fusion and scorer classes do not attend to the
+    text, and the first whose fusion does (read from the classes, not named here)."""
+    from textvision.bench.experiments import runs
+
+    aware = next(
+        n
+        for n in runs.variant_names(bench_settings.variant_configs)
+        if runs.variant_encoder(n, bench_settings)["fusion_attends_to_text"]
+    )
+    return {"agnostic": runs.text_agnostic_variants(bench_settings)[0], "aware": aware}
+
+
+@pytest.fixture(scope="session")
+def ablation_result(bench_settings, variants, tmp_path_factory):
+    """The text-agnostic and a text-attending variant at 4 kept patches (of 16), written to a
+    results folder."""
     from textvision.bench.experiments.ablation import run_ablation
 
     out = tmp_path_factory.mktemp("results")
-    result = run_ablation(bench_settings, keep_tokens=4, variants=("none", "gated_xattn"), out=out)
+    chosen = (variants["agnostic"], variants["aware"])
+    result = run_ablation(bench_settings, keep_tokens=4, variants=chosen, out=out)
     return result, out

@@ -8,20 +8,30 @@ import pytest
 import yaml
 
 from textvision.bench.experiments.ablation import (
-    VARIANTS,
     ablation_markdown,
+    ablation_specs,
     main,
     parameter_check,
+    run_label,
+)
+from textvision.bench.experiments.runs import (
+    evaluate_trained,
+    train_and_evaluate,
+    variant_names,
     variant_spec,
 )
-from textvision.bench.experiments.runs import evaluate_trained, train_and_evaluate
 
 
-def test_ablation_writes_json_markdown_and_png(ablation_result, bench_settings):
+def test_ablation_writes_json_markdown_and_png(ablation_result, bench_settings, variants):
     result, out = ablation_result
     on_disk = json.loads((out / "ablation.json").read_text())
-    assert [r["spec"]["fusion"] for r in on_disk["runs"]] == ["none", "gated_xattn"]
-    assert [r["spec"]["scorer"] for r in on_disk["runs"]] == ["cls_attention", "text"]
+    assert [r["name"] for r in on_disk["runs"]] == [variants["agnostic"], variants["aware"]]
+    agnostic, aware = on_disk["runs"]
+    assert (
+        not agnostic["encoder"]["fusion_attends_to_text"]
+        and not agnostic["encoder"]["scorer_attends_to_text"]
+    )
+    assert aware["encoder"]["fusion_attends_to_text"]
     for run in on_disk["runs"]:
         assert run["steps"] == bench_settings.steps
         assert run["visual_tokens_to_lm"] == 4 + 1  # kept patches + CLS
@@ -38,60 +48,81 @@ def test_ablation_writes_json_markdown_and_png(ablation_result, bench_settings):
         for entry in dependence.values():
             assert entry["items"] == bench_settings.test_size
             assert entry["delta"] == pytest.approx(entry["loss_shuffled_images"] - entry["loss"])
-        # the run folder holds a config that `textvision fit -c` takes, with the variant's settings
+        # the run folder holds the merged config `textvision fit -c` takes, with the variant's
+        # overlay and the run's budget in it
         config = yaml.safe_load(open(run["config"]))
         encoder = config["model"]["vlm"]["init_args"]["encoder"]["init_args"]
-        assert (encoder["fusion"], encoder["scorer"], encoder["keep_tokens"]) == (
-            run["spec"]["fusion"],
-            run["spec"]["scorer"],
-            4,
-        )
-    none, gated = on_disk["runs"]
-    assert gated["params"]["trainable_by_group"]["fusion"] > 0
-    assert "fusion" not in none["params"]["trainable_by_group"]  # `none` has no fusion parameters
-    assert (
-        gated["params"]["trainable"] - none["params"]["trainable"]
-        == gated["params"]["trainable_by_group"]["fusion"]
-    )
+        overlay = yaml.safe_load(open(run["spec"]["overlay"]))
+        expected = overlay["model"]["vlm"]["init_args"]["encoder"]["init_args"]
+        assert {k: encoder[k] for k in expected} == expected
+        assert encoder["keep_tokens"] == 4 and config["trainer"]["max_steps"] == bench_settings.steps
+        assert config["trainer"]["default_root_dir"] == run["run_dir"]
+    assert aware["params"]["trainable_by_group"]["fusion"] > 0
+    assert "fusion" not in agnostic["params"]["trainable_by_group"]  # no fusion parameters
     table = (out / "ablation.md").read_text()
-    assert "none + CLS attention" in table and "gated_xattn + text-guided" in table
+    assert run_label(agnostic) in table and run_label(aware) in table
+    assert "text-agnostic pruning" in run_label(agnostic)
     assert result["command"] in table
     assert (out / "ablation.png").stat().st_size > 1000
 
 
-def test_cached_runs_are_reused_and_reload_to_the_same_answers(ablation_result, bench_settings):
+def test_cached_runs_are_reused_and_reload_to_the_same_answers(ablation_result, bench_settings, variants):
     result, _ = ablation_result
-    gated = result["runs"][1]
-    spec = variant_spec("gated_xattn", keep_tokens=4, variant_configs=bench_settings.variant_configs)
+    aware = result["runs"][1]
+    spec = variant_spec(variants["aware"], keep_tokens=4, folder=bench_settings.variant_configs)
     again = train_and_evaluate(spec, bench_settings, timing=True)
-    assert again["cached"] is True and again["run_dir"] == gated["run_dir"]
+    assert again["cached"] is True and again["run_dir"] == aware["run_dir"]
     # re-probed from the rebuilt model: the same losses as measured right after training
     for name, entry in again["image_dependence"].items():
-        assert entry["loss"] == pytest.approx(gated["image_dependence"][name]["loss"], rel=1e-5)
-    assert again["sets"] == gated["sets"]
-    # weights saved, model rebuilt from the run's config, evaluated again: identical answers
-    reloaded = evaluate_trained(gated, spec, bench_settings, timing=False)
+        assert entry["loss"] == pytest.approx(aware["image_dependence"][name]["loss"], rel=1e-5)
+    assert again["sets"] == aware["sets"]
+    # weights saved through the trainer's checkpoint, model rebuilt from the run's config,
+    # evaluated again: identical answers
+    reloaded = evaluate_trained(aware, spec, bench_settings, timing=False)
     for name in ("magnifier", "mmvp_pairs"):
-        assert reloaded["sets"][name]["accuracy"] == gated["sets"][name]["accuracy"]
-    assert reloaded["sets"]["mmvp_pairs"]["pair_accuracy"] == gated["sets"]["mmvp_pairs"]["pair_accuracy"]
+        assert reloaded["sets"][name]["accuracy"] == aware["sets"][name]["accuracy"]
+    assert reloaded["sets"]["mmvp_pairs"]["pair_accuracy"] == aware["sets"]["mmvp_pairs"]["pair_accuracy"]
 
 
-def test_variant_spec_reads_the_overlay_and_falls_back_without_it(tmp_path, bench_settings):
-    spec = variant_spec("film", keep_tokens=2, variant_configs=bench_settings.variant_configs)
-    assert (spec.fusion, spec.scorer) == ("film", "cls_attention")
-    assert spec.overlay is not None and spec.overlay.endswith("film.yaml")
-    fallback = variant_spec("mutual", keep_tokens=2, variant_configs=tmp_path)
-    assert (fallback.fusion, fallback.scorer, fallback.overlay) == ("mutual", "text", None)
-    (tmp_path / VARIANTS["film"][0]).write_text(
+def test_an_overlay_equal_to_the_base_config_is_the_same_run(ablation_result, bench_settings, tmp_path):
+    # an overlay that sets only the base's own fusion and a folder trains the base's model: cached
+    result, _ = ablation_result
+    aware = result["runs"][1]
+    same = tmp_path / "same_as_base.yaml"
+    same.write_text(
         yaml.safe_dump(
-            {"model": {"vlm": {"init_args": {"encoder": {"init_args": {"scorer": "token_norm"}}}}}}
+            {
+                "trainer": {"default_root_dir": str(tmp_path / "elsewhere")},
+                "model": {
+                    "vlm": {"init_args": {"encoder": {"init_args": {"fusion": aware["encoder"]["fusion"]}}}}
+                },
+            }
         )
     )
-    custom = variant_spec("film", keep_ratio=0.5, variant_configs=tmp_path)
-    assert (custom.fusion, custom.scorer) == ("film", "token_norm")
-    assert "token_norm" in custom.name
-    with pytest.raises(ValueError, match="unknown variant"):
-        variant_spec("cross", keep_tokens=2)
+    base = train_and_evaluate(variant_spec(None, keep_tokens=4), bench_settings)
+    other = train_and_evaluate(variant_spec("same_as_base", keep_tokens=4, folder=tmp_path), bench_settings)
+    assert base["run_dir"] == other["run_dir"] and other["cached"]
+    assert (base["name"], other["name"]) == ("base", "same_as_base")
+
+
+def test_ablation_specs_are_the_overlay_files(bench_settings, tmp_path):
+    specs = ablation_specs(3, settings=bench_settings)
+    assert [s.variant for s in specs] == variant_names(bench_settings.variant_configs)
+    assert variant_names(bench_settings.variant_configs) == sorted(
+        p.stem for p in bench_settings.variant_configs.glob("*.yaml")
+    )
+    assert all(s.keep_tokens == 3 and s.overlay.endswith(f"{s.variant}.yaml") for s in specs)
+    with pytest.raises(ValueError, match="unknown variant 'cross'"):
+        variant_spec("cross", keep_tokens=2, folder=tmp_path)
+
+
+def test_run_label_names_the_encoder_of_a_record():
+    record = {
+        "name": "v",
+        "encoder": {"fusion": "my.Fusion", "scorer": "s", "scorer_attends_to_text": True},
+    }
+    assert run_label(record) == "v: my.Fusion + s (text-guided pruning)"
+    assert run_label({"name": "old"}) == "old"  # a record from before runs recorded the encoder
 
 
 def test_parameter_check_reports_the_spread_of_both_counts():
@@ -113,4 +144,4 @@ def test_markdown_marks_a_parameter_spread_outside_the_tolerance(ablation_result
 def test_cli_rejects_unknown_variants(capsys):
     with pytest.raises(SystemExit):
         main(["--variants", "cross"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert "unknown variants ['cross']" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from textvision.bench.experiments.budget_sweep import gap_analysis, run_budget_sweep
+from textvision.bench.experiments.budget_sweep import default_agnostic, gap_analysis, main, run_budget_sweep
 
 
 def _run(keep, magnifier, pair):
@@ -63,18 +63,36 @@ def test_models_at_chance_show_no_gap_and_no_closing():
     assert late["closes_at"] == 8
 
 
-def test_budget_sweep_reuses_the_ablation_runs(ablation_result, bench_settings, tmp_path):
+def test_budget_sweep_reuses_the_ablation_runs(ablation_result, bench_settings, variants, tmp_path):
     ablation, _ = ablation_result
-    result = run_budget_sweep(bench_settings, budgets=(2, 4), timing=False, out=tmp_path)
+    # the text-agnostic side defaults to the variant whose classes say so
+    assert default_agnostic(bench_settings) == variants["agnostic"]
+    result = run_budget_sweep(
+        bench_settings, budgets=(2, 4), aware=variants["aware"], timing=False, out=tmp_path
+    )
     aware, agnostic = result["series"].values()
+    assert list(result["series"]) == [variants["aware"], variants["agnostic"]]
     assert [r["keep_tokens"] for r in aware] == [2, 4] == [r["keep_tokens"] for r in agnostic]
     assert [r["visual_tokens_to_lm"] for r in aware] == [3, 5]
     # budget 4 is the ablation's runs, read from the cache
     assert aware[1]["cached"] and agnostic[1]["cached"]
     assert aware[1]["run_dir"] == ablation["runs"][1]["run_dir"]
+    assert agnostic[1]["run_dir"] == ablation["runs"][0]["run_dir"]
     assert result["salient_details"] == 6  # from the smoke config's num_objects
     on_disk = json.loads((tmp_path / "ablation_budget_sweep.json").read_text())
     assert [row["keep_tokens"] for row in on_disk["gap"]["rows"]] == [2, 4]
     markdown = (tmp_path / "ablation_budget_sweep.md").read_text()
     assert "gap magnifier" in markdown and result["command"] in markdown
     assert (tmp_path / "ablation_budget_sweep.png").stat().st_size > 1000
+
+
+def test_default_agnostic_needs_exactly_one(bench_settings, tmp_path):
+    empty = type(bench_settings)(base_config=bench_settings.base_config, variant_configs=tmp_path)
+    with pytest.raises(ValueError, match="0 text-agnostic variants"):
+        default_agnostic(empty)
+
+
+def test_cli_rejects_unknown_variants(capsys):
+    with pytest.raises(SystemExit):
+        main(["--agnostic", "cross"])
+    assert "unknown variants ['cross']" in capsys.readouterr().err

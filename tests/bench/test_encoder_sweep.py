@@ -8,6 +8,7 @@ import json
 import pytest
 
 from textvision.bench.experiments import encoder_sweep
+from textvision.bench.experiments.runs import BenchSettings, variant_encoder
 
 from .conftest import REPO
 
@@ -22,17 +23,25 @@ def test_variants_are_the_overlay_files():
     )
 
 
-def test_cells_skip_the_duplicate_unpruned_selection_variant():
-    specs = encoder_sweep.cells(["none_textagnostic", "none_text_selection"], [4, 16], [0, 1], all_patches=16)
-    names = [s.name for s in specs]
-    assert "none_text_selection-k4-s1" in names and "none_text_selection-k16-s0" not in names
-    assert len(names) == 6
+def test_cells_skip_the_variants_that_are_one_model_when_nothing_is_pruned():
+    names = encoder_sweep.variant_names()
+    duplicates = encoder_sweep.unpruned_duplicates(names, SMOKE)
+    # the shipped overlays hold one such pair: two variants that differ only in the selection
+    assert len(duplicates) == 1
+    specs = encoder_sweep.cells(names, [4, 16], [0, 1], all_patches=16, base_config=str(SMOKE))
+    at = {b: {s.variant for s in specs if s.budget == b} for b in (4, 16)}
+    assert at[4] == set(names) and at[16] == set(names) - duplicates
+    assert len(specs) == 2 * len(names) + 2 * (len(names) - 1)
+    # the one skipped is the text-guided selection; the text-blind one of the pair is run
+    settings = BenchSettings(base_config=SMOKE)
+    assert all(variant_encoder(d, settings)["scorer_attends_to_text"] for d in duplicates)
 
 
-def test_sweep_trains_each_cell_once_with_the_same_reader(tmp_path, capsys):
+def test_sweep_trains_each_cell_once_with_the_same_reader(tmp_path, capsys, variants):
+    agnostic, aware = variants["agnostic"], variants["aware"]
     args = [
         "--out", str(tmp_path), "--base-config", str(SMOKE), "--all-patches", "16",
-        "--variants", "none_textagnostic", "gated_xattn", "--budgets", "4", "16", "--seeds", "0",
+        "--variants", agnostic, aware, "--budgets", "4", "16", "--seeds", "0",
         "--steps", "2", "--batch-size", "4", "--test-size", "8",
     ]  # fmt: skip
     first = encoder_sweep.main(args)
@@ -46,15 +55,15 @@ def test_sweep_trains_each_cell_once_with_the_same_reader(tmp_path, capsys):
         assert 0.0 <= r["accuracy"] <= 1.0 and r["test_items"] == 8
         assert set(r["by_category"]) <= {"colour", "shape", "position"}
     by_name = {r["name"]: r for r in records}
-    assert by_name["gated_xattn-k16-s0"]["kept_target"] == 1.0  # nothing pruned
+    assert by_name[f"{aware}-k16-s0"]["kept_target"] == 1.0  # nothing pruned
     # frozen ViT and no fusion: only the (unused) text adapter; the fusion adds its layers
-    plain = by_name["none_textagnostic-k4-s0"]["trainable_parameters"]["encoder"]
+    plain = by_name[f"{agnostic}-k4-s0"]["trainable_parameters"]["encoder"]
     assert plain == 384 * 32 + 32
-    assert by_name["gated_xattn-k4-s0"]["trainable_parameters"]["encoder"] > plain
+    assert by_name[f"{aware}-k4-s0"]["trainable_parameters"]["encoder"] > plain
     table = first["table"]
-    cell = table["gated_xattn"]["4"]
+    cell = table[aware]["4"]
     assert cell["worst"] == min(s["accuracy"] for s in cell["seeds"].values())
-    assert (tmp_path / "encoder_sweep.md").read_text().count("| gated_xattn |") == 1
+    assert (tmp_path / "encoder_sweep.md").read_text().count(f"| {aware} |") == 1
     assert (tmp_path / "encoder_sweep.png").read_bytes()[:4] == b"\x89PNG"
     # a second run reads the records instead of training again
     second = encoder_sweep.main(args)

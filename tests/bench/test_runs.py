@@ -1,8 +1,8 @@
-"""``textvision.bench.experiments.runs``: run specs, config derivation, caching identity, counting, timing."""
+"""``textvision.bench.experiments.runs``: run specs, configs merged by the CLI, run identity,
+counting, timing."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,169 +12,158 @@ import yaml
 from torch import nn
 
 from textvision.bench.experiments.runs import (
+    ENCODER,
     BenchSettings,
     RunSpec,
     add_common_arguments,
     base_max_steps,
+    component_class,
+    component_name,
     config_hash,
     count_parameters,
-    derive_config,
-    merge_configs,
+    describe_encoder,
     pct,
+    run_arguments,
     settings_from_args,
     time_encoder,
+    variant_spec,
 )
+from textvision.fusion import FUSIONS
+from textvision.pruning import SCORERS
+from textvision.train.cli import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "bench" / "smoke.yaml"
 ABLATION_CONFIGS = REPO / "configs" / "ablation"
-
-ENC = ("model", "vlm", "init_args", "encoder", "init_args")
-
-
-def _encoder(config):
-    node = config
-    for key in ENC:
-        node = node[key]
-    return node
+#: a registered scorer without settings (read from the registry, not named)
+PLAIN_SCORER = next(n for n, c in SCORERS.items() if not c.attends_to_text)
 
 
-@pytest.fixture
-def base():
-    return yaml.safe_load(SMOKE.read_text())
+def _merged(spec: RunSpec, settings: BenchSettings):
+    return parse_config(run_arguments(spec, settings))
 
 
 def test_run_spec_validates_the_budget():
     with pytest.raises(ValueError, match="exactly one"):
-        RunSpec("gated_xattn", "text")
+        RunSpec()
     with pytest.raises(ValueError, match="exactly one"):
-        RunSpec("gated_xattn", "text", keep_tokens=4, keep_ratio=0.5)
+        RunSpec(keep_tokens=4, keep_ratio=0.5)
     with pytest.raises(ValueError, match="keep_ratio"):
-        RunSpec("none", "cls_attention", keep_ratio=1.5)
+        RunSpec(keep_ratio=1.5)
     with pytest.raises(ValueError, match="keep_tokens"):
-        RunSpec("none", "cls_attention", keep_tokens=0)
-    spec = RunSpec("none", "token_norm", keep_ratio=0.25)
-    assert spec.slug == "none-token_norm-r0.25"
-    assert spec.name == "none + token_norm"
-    assert spec.encoder_overrides() == {
-        "fusion": "none",
-        "scorer": "token_norm",
-        "keep_tokens": None,
-        "keep_ratio": 0.25,
-    }
-    # keep ratio 1.0 is the unpruned encoder, not a pruning step that keeps everything
-    assert RunSpec("none", "cls_attention", keep_ratio=1.0).encoder_overrides()["prune_at"] == []
+        RunSpec(keep_tokens=0)
+    spec = RunSpec("configs/ablation/x.yaml", keep_ratio=0.25, scorer=PLAIN_SCORER)
+    assert (spec.variant, spec.budget, spec.name) == ("x", "r0.25", f"x, {PLAIN_SCORER} scorer")
+    assert RunSpec(keep_tokens=3).name == "base" and RunSpec(keep_tokens=3, label="L").name == "L"
 
 
-def test_derive_config_changes_only_what_the_experiment_varies(base, tmp_path):
-    settings = BenchSettings(base_config=SMOKE, steps=7, batch_size=3, seed=5, test_size=10)
-    spec = RunSpec("film", "cls_attention", keep_tokens=3)
-    derived = derive_config(base, spec, settings, run_dir=tmp_path / "run")
-    enc, base_enc = _encoder(derived), _encoder(base)
-    assert (enc["fusion"], enc["scorer"], enc["keep_tokens"], enc["keep_ratio"]) == (
-        "film",
-        "cls_attention",
-        3,
-        None,
+def test_run_arguments_set_only_what_the_experiment_varies(tmp_path):
+    settings = BenchSettings(
+        base_config=SMOKE, steps=7, batch_size=3, seed=5, test_size=10, work_dir=tmp_path
     )
-    assert enc["backbone"] == base_enc["backbone"] and enc["prune_at"] == base_enc["prune_at"]
-    assert (
-        derived["model"]["vlm"]["init_args"]["language_model"]
-        == base["model"]["vlm"]["init_args"]["language_model"]
-    )
-    assert derived["model"]["lr"] == base["model"]["lr"]
-    trainer = derived["trainer"]
-    assert trainer["max_steps"] == 7 and trainer["limit_val_batches"] == 0
-    assert trainer["default_root_dir"] == str(tmp_path / "run")
-    assert trainer["logger"][0]["init_args"]["save_dir"] == str(tmp_path / "run")
-    data = derived["data"]["init_args"]
-    assert (data["seed"], data["test_size"], data["batch_size"]) == (5, 10, 3)
-    assert data["canvas_size"] == base["data"]["init_args"]["canvas_size"]
+    base, _ = parse_config(["-c", str(SMOKE)])
+    derived, _ = _merged(RunSpec(keep_tokens=3, scorer=PLAIN_SCORER), settings)
+    assert (derived[f"{ENCODER}.keep_tokens"], derived[f"{ENCODER}.keep_ratio"]) == (3, None)
+    assert derived[f"{ENCODER}.scorer"] == PLAIN_SCORER
+    for key in (f"{ENCODER}.backbone", f"{ENCODER}.prune_at", f"{ENCODER}.fusion", "model.lr"):
+        assert derived[key] == base[key], key
+    assert derived["model.vlm.init_args.language_model"] == base["model.vlm.init_args.language_model"]
+    assert derived["trainer.max_steps"] == 7 and derived["trainer.limit_val_batches"] == 0
+    assert [c.class_path for c in derived["trainer.callbacks"]] == [
+        "textvision.bench.experiments.runs.StepTimer"
+    ]
+    assert (derived["data.init_args.seed"], derived["data.init_args.test_size"]) == (5, 10)
+    assert derived["data.init_args.batch_size"] == 3
+    assert derived["data.init_args.canvas_size"] == base["data.init_args.canvas_size"]
     assert derived["seed_everything"] == 5
-    assert _encoder(base)["fusion"] == "gated_xattn", "the base config must not be modified"
-
-
-def test_derive_config_keeps_the_object_curriculum_fraction(base, tmp_path):
-    base = dict(base)
-    base["trainer"] = {**base.get("trainer", {}), "max_steps": 2200}
-    base["data"] = {**base["data"], "init_args": {**base["data"]["init_args"], "objects_warmup_steps": 1300}}
-    spec = RunSpec("none", "cls_attention", keep_tokens=3)
-    derived = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=700), run_dir=tmp_path)
-    assert derived["data"]["init_args"]["objects_warmup_steps"] == round(1300 * 700 / 2200)  # 414
-    same = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=2200), run_dir=tmp_path)
-    assert same["data"]["init_args"]["objects_warmup_steps"] == 1300
-    tiny = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=1), run_dir=tmp_path)
-    assert tiny["data"]["init_args"]["objects_warmup_steps"] == 1  # never 0 (0 turns it off)
-    assert base["data"]["init_args"]["objects_warmup_steps"] == 1300, "the base must not change"
-
-
-def test_derive_config_errors_name_the_problem(base, tmp_path):
-    settings = BenchSettings(base_config=SMOKE)
-    broken = copy.deepcopy(base)
-    del broken["model"]["vlm"]["init_args"]["encoder"]
-    with pytest.raises(KeyError, match=r"model\.vlm\.init_args\.encoder"):
-        derive_config(broken, RunSpec("none", "cls_attention", keep_tokens=2), settings, run_dir=tmp_path)
-    missing = RunSpec("none", "cls_attention", keep_tokens=2, overlay=str(tmp_path / "nope.yaml"))
-    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
-        derive_config(base, missing, settings, run_dir=tmp_path)
-    unpruned = copy.deepcopy(base)
-    _encoder(unpruned)["prune_at"] = []
-    with pytest.raises(ValueError, match="prune_at"):
-        derive_config(unpruned, RunSpec("gated_xattn", "text", keep_tokens=2), settings, run_dir=tmp_path)
-
-
-def test_overlay_is_merged_before_the_spec(base, tmp_path):
+    unpruned, _ = _merged(RunSpec(keep_ratio=1.0), settings)
+    assert unpruned[f"{ENCODER}.prune_at"] == [] and unpruned[f"{ENCODER}.keep_tokens"] is None
+    # an overlay is merged by the CLI before the run's settings
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(
         yaml.safe_dump(
-            {"model": {"lr": 0.5, "vlm": {"init_args": {"encoder": {"init_args": {"fusion": "mutual"}}}}}}
+            {"model": {"lr": 0.5, "vlm": {"init_args": {"encoder": {"init_args": {"keep_tokens": 1}}}}}}
         )
     )
-    spec = RunSpec("gated_xattn", "text", keep_tokens=2, overlay=str(overlay))
-    derived = derive_config(base, spec, BenchSettings(base_config=SMOKE), run_dir=tmp_path)
-    assert derived["model"]["lr"] == 0.5  # from the overlay
-    assert _encoder(derived)["fusion"] == "gated_xattn"  # the spec wins
-    assert _encoder(derived)["backbone"] == _encoder(base)["backbone"]
+    over, _ = _merged(RunSpec(str(overlay), keep_tokens=2), settings)
+    assert over["model.lr"] == 0.5 and over[f"{ENCODER}.keep_tokens"] == 2  # the run's budget wins
 
 
-def test_merge_configs_merges_mappings_and_replaces_the_rest():
-    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
-    overlay = {"a": {"c": [9], "e": {"f": 1}}, "d": None}
-    merged = merge_configs(base, overlay)
-    assert merged == {"a": {"b": 1, "c": [9], "e": {"f": 1}}, "d": None}
-    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}
-    merged["a"]["e"]["f"] = 2
-    assert overlay["a"]["e"]["f"] == 1, "the overlay must be copied, not aliased"
-
-
-def test_config_hash_ignores_the_run_folder_but_not_the_settings(base, tmp_path):
-    spec = RunSpec("none", "cls_attention", keep_tokens=2)
-    a = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=3), run_dir=tmp_path / "a")
-    b = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=3), run_dir=tmp_path / "b")
-    c = derive_config(base, spec, BenchSettings(base_config=SMOKE, steps=4), run_dir=tmp_path / "a")
-    d = derive_config(
-        base,
-        RunSpec("none", "cls_attention", keep_tokens=3),
-        BenchSettings(base_config=SMOKE, steps=3),
-        run_dir=tmp_path / "a",
+def test_run_arguments_keep_the_object_curriculum_fraction(tmp_path):
+    long = tmp_path / "long.yaml"
+    long.write_text(
+        yaml.safe_dump(
+            {"trainer": {"max_steps": 2200}, "data": {"init_args": {"objects_warmup_steps": 1300}}}
+        )
     )
-    assert config_hash(a) == config_hash(b)
-    assert len({config_hash(a), config_hash(c), config_hash(d)}) == 3
+    spec = RunSpec(str(long), keep_tokens=3)
+
+    def warmup(steps: int) -> int:
+        config, _ = _merged(spec, BenchSettings(base_config=SMOKE, steps=steps, work_dir=tmp_path))
+        return config["data.init_args.objects_warmup_steps"]
+
+    assert warmup(700) == round(1300 * 700 / 2200)  # 414
+    assert warmup(2200) == 1300
+    assert warmup(1) == 1  # never 0 (0 turns it off)
 
 
-def test_the_ablation_overlays_only_set_what_the_runner_also_sets(base, tmp_path):
-    # The budget sweep and the ablation share cached runs only if an overlay changes nothing but
-    # the fusion, the scorer and the run folder; a new key in an overlay would silently split them.
-    for path in sorted(Path(ABLATION_CONFIGS).glob("*.yaml")):
-        overlay = yaml.safe_load(path.read_text())
-        # an overlay that leaves the scorer alone runs with the base config's
-        scorer = _encoder(overlay).get("scorer", _encoder(base)["scorer"])
-        spec = RunSpec(_encoder(overlay)["fusion"], scorer, keep_tokens=2, overlay=str(path))
-        plain = RunSpec(spec.fusion, spec.scorer, keep_tokens=2)
-        settings = BenchSettings(base_config=SMOKE)
-        with_overlay = derive_config(base, spec, settings, run_dir=tmp_path)
-        without = derive_config(base, plain, settings, run_dir=tmp_path)
-        assert config_hash(with_overlay) == config_hash(without), path.name
+def test_run_arguments_errors_name_the_problem(tmp_path):
+    settings = BenchSettings(base_config=SMOKE, work_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
+        run_arguments(RunSpec(str(tmp_path / "nope.yaml"), keep_tokens=2), settings)
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        run_arguments(RunSpec(keep_tokens=2), BenchSettings(base_config=tmp_path / "missing.yaml"))
+    unpruned = tmp_path / "unpruned.yaml"
+    unpruned.write_text(
+        yaml.safe_dump({"model": {"vlm": {"init_args": {"encoder": {"init_args": {"prune_at": []}}}}}})
+    )
+    with pytest.raises(ValueError, match="prune_at"):
+        run_arguments(RunSpec(str(unpruned), keep_tokens=2), settings)
+
+
+def test_config_hash_ignores_the_run_folder_but_not_the_settings(tmp_path):
+    def digest(spec, **settings):
+        return config_hash(_merged(spec, BenchSettings(base_config=SMOKE, work_dir=tmp_path, **settings))[1])
+
+    a = digest(RunSpec(keep_tokens=2), steps=3)
+    assert a == digest(RunSpec(keep_tokens=2, label="another name"), steps=3)
+    assert len({a, digest(RunSpec(keep_tokens=2), steps=4), digest(RunSpec(keep_tokens=3), steps=3)}) == 3
+
+
+def test_every_ablation_overlay_merges_over_the_smoke_config(tmp_path):
+    settings = BenchSettings(base_config=SMOKE, work_dir=tmp_path)
+    for path in sorted(ABLATION_CONFIGS.glob("*.yaml")):
+        spec = variant_spec(path.stem, keep_tokens=2, folder=ABLATION_CONFIGS)
+        config, _ = _merged(spec, settings)
+        expected = yaml.safe_load(path.read_text())["model"]["vlm"]["init_args"]["encoder"]["init_args"]
+        encoder = describe_encoder(config)
+        assert encoder["fusion"] == expected["fusion"] and encoder["pruned"], path.name
+        # the variant's own run folder is replaced by the run's
+        assert config["trainer.default_root_dir"] == str(tmp_path)
+
+
+def test_component_names_read_short_names_and_class_paths():
+    name, cls = next(iter(FUSIONS.items()))
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    assert component_class(name, FUSIONS) is cls
+    assert component_name({"class_path": path, "init_args": {}}, FUSIONS) == name
+    # a user's class (here: a subclass outside the registry) is named by its class path
+    assert component_name({"class_path": "torch.nn.Identity"}, {}) == "torch.nn.modules.linear.Identity"
+    with pytest.raises(KeyError):
+        component_class("not-registered", FUSIONS)
+
+
+def test_describe_encoder_reads_class_path_values(tmp_path):
+    fusion = next(c for c in FUSIONS.values() if c.attends_to_text)
+    scorer = SCORERS[PLAIN_SCORER]
+    overlay = tmp_path / "classes.yaml"
+    encoder = {"fusion": {"class_path": f"{fusion.__module__}.{fusion.__qualname__}"}}
+    encoder["scorer"] = {"class_path": f"{scorer.__module__}.{scorer.__qualname__}"}
+    overlay.write_text(yaml.safe_dump({"model": {"vlm": {"init_args": {"encoder": {"init_args": encoder}}}}}))
+    config, _ = parse_config(["-c", str(SMOKE), "-c", str(overlay)])
+    described = describe_encoder(config)
+    assert described["scorer"] == PLAIN_SCORER and not described["scorer_attends_to_text"]
+    assert FUSIONS[described["fusion"]] is fusion and described["fusion_attends_to_text"]
 
 
 def test_count_parameters_counts_tied_weights_once_and_splits_frozen():
@@ -294,14 +283,15 @@ def test_write_result_writes_json_markdown_and_plot(tmp_path, capsys):
 def test_steps_default_to_the_base_configs_max_steps(tmp_path):
     import argparse
 
-    demo = REPO / "configs" / "demo.yaml"
     parser = argparse.ArgumentParser()
     add_common_arguments(parser)
-    settings = settings_from_args(parser.parse_args(["--base-config", str(demo)]))
-    assert settings.steps == yaml.safe_load(demo.read_text())["trainer"]["max_steps"] == base_max_steps(demo)
-    assert settings_from_args(parser.parse_args(["--base-config", str(demo), "--steps", "5"])).steps == 5
+    settings = settings_from_args(parser.parse_args(["--base-config", str(SMOKE)]))
+    assert (
+        settings.steps == yaml.safe_load(SMOKE.read_text())["trainer"]["max_steps"] == base_max_steps(SMOKE)
+    )
+    assert settings_from_args(parser.parse_args(["--base-config", str(SMOKE), "--steps", "5"])).steps == 5
     broken = tmp_path / "broken.yaml"
-    broken.write_text("trainer: {max_steps: -1}\n")
+    broken.write_text(SMOKE.read_text().replace("max_steps: 2", "max_steps: -1"))
     with pytest.raises(ValueError, match=r"broken\.yaml: trainer\.max_steps must be a positive integer"):
         base_max_steps(broken)
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
