@@ -6,17 +6,18 @@ Configurations, timed in the same process, interleaved round by round (min and m
 ratios from the min, the least-disturbed run on a shared machine):
 
 - ``plain``: timm's own ``forward_features`` of ``vit_small_patch16_224`` (12 blocks, 196 patches);
-- ``text_aware``: :class:`TextAwareEncoder`, ``gated_xattn`` in all 12 blocks, text features
-  precomputed once (``encode_text``, as a frozen text encoder's cache provides them);
-- ``text_aware_pruned_at3``: the same plus text-guided pruning to 25% of the patches after the
-  4th block (``prune_at=(3,)``, 0-based; ``keep_ratio=0.25``: 196 → 49 patches for the last 8
-  blocks); ``text_aware_pruned_at4`` prunes one block later (after the 5th) for comparison;
-- ``adapter_xattn`` / ``adapter_xattn_pruned_at3``: the cheaper LLaMA-Adapter-form variant
-  (text keys/values read by the block's own queries), without / with the same pruning;
-- ``text_aware_uncached``: ``text_aware`` with the MiniLM-L6 text encoder run in the loop (context).
+- ``<fusion>``: :class:`TextAwareEncoder` with that fusion variant in all 12 blocks, text features
+  precomputed once (``encode_text``, as a frozen text encoder's cache provides them). The headline
+  variant is the one ``configs/demo.yaml`` uses (``--fusion`` names another); every other
+  registered variant that attends to the text is timed beside it for comparison;
+- ``<fusion>_pruned_at3``: the same plus text-guided pruning by the fusion kernel's relevance (the
+  registered scorer that ``reads_fusion_relevance``) to 25% of the patches after the 4th block
+  (``prune_at=(3,)``, 0-based; ``keep_ratio=0.25``: 196 → 49 patches for the last 8 blocks);
+  ``_pruned_at4`` prunes one block later (after the 5th), for the headline variant;
+- ``<fusion>_uncached``: the headline variant with the MiniLM-L6 text encoder run in the loop.
 
-Weights are random (timing only). Goals from the issue: text_aware / plain ≤ 1.25 and
-plain / text_aware_pruned ≥ 1.5. Writes ``<out>.json`` and ``<out>.md``.
+Weights are random (timing only). Goals from the issue: headline / plain ≤ 1.25 and
+plain / headline pruned ≥ 1.5. Writes ``<out>.json`` and ``<out>.md``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def _time(fn: Callable[[], object], device: torch.device) -> tuple[float, float]
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def _demo_fusion() -> str:
+    """The fusion variant of ``configs/demo.yaml``, as the CLI parses it."""
+    from textvision.train.cli import parse_config
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    value = parse_config(["-c", str(demo)])[0]["model.vlm.init_args.encoder.init_args.fusion"]
+    if not isinstance(value, str):
+        raise ValueError(f"{demo}: the fusion is given as a class path; name a registered one with --fusion")
+    return value
+
+
 def run(
     *,
     batch: int = 8,
@@ -100,72 +112,60 @@ def run(
     device: str = "cpu",
     backend: str = "auto",
     model_name: str = "vit_small_patch16_224",
+    fusion: str | None = None,
     prune_at: tuple[int, ...] = (3, 4),
     keep_ratio: float = 0.25,
 ) -> dict:
     """Time the configurations; returns the result dict written to JSON.
 
-    ``prune_at`` lists the 0-based block indices to try as the single pruning point (one
-    configuration each); the first is the headline (index 3 = after the 4th block).
+    ``fusion``: the headline variant (default: ``configs/demo.yaml``'s). ``prune_at`` lists the
+    0-based block indices to try as the single pruning point (one configuration each for the
+    headline variant); the first is the headline (index 3 = after the 4th block).
     """
+    from textvision.fusion import FUSIONS
+    from textvision.pruning import SCORERS
+
     torch.manual_seed(0)
     dev = torch.device(device)
+    headline = fusion or _demo_fusion()
+    if headline not in FUSIONS:
+        raise ValueError(f"unknown fusion {headline!r}; registered: {sorted(FUSIONS)}")
+    others = sorted(n for n, c in FUSIONS.items() if c.attends_to_text and n != headline)
+    scorer = next(n for n, c in SCORERS.items() if c.reads_fusion_relevance)
     features, text_encoder, text_source = _text_features(batch, text_tokens, 384)
     text_dim = features.hidden.shape[-1]
     backbone = TimmViT(model_name=model_name, img_size=image_size).eval()
-    aware = TextAwareEncoder(
-        backbone=backbone, text_dim=text_dim, fusion="gated_xattn", backend=backend
-    ).eval()
-    pruned = {}
-    for block in prune_at:
-        encoder = TextAwareEncoder(
-            backbone=backbone,
-            text_dim=text_dim,
-            fusion="gated_xattn",
-            prune_at=(block,),
-            keep_ratio=keep_ratio,
-            scorer="text",
-            backend=backend,
-        ).eval()
-        encoder.fusion.load_state_dict(aware.fusion.state_dict())
-        encoder.text_adapter.load_state_dict(aware.text_adapter.state_dict())
-        pruned[block] = encoder.to(dev)
-    aware.to(dev)
-    # the cheaper LLaMA-Adapter form (shared query and output projection), for comparison
-    adapter = TextAwareEncoder(backbone=backbone, text_dim=text_dim, fusion="adapter_xattn", backend=backend)
-    adapter_pruned = TextAwareEncoder(
-        backbone=backbone,
-        text_dim=text_dim,
-        fusion="adapter_xattn",
-        prune_at=(prune_at[0],),
-        keep_ratio=keep_ratio,
-        scorer="text",
-        backend=backend,
-    )
-    adapter_pruned.load_state_dict(adapter.state_dict())
-    adapter, adapter_pruned = adapter.eval().to(dev), adapter_pruned.eval().to(dev)
-    if text_encoder is not None:
-        text_encoder.to(dev)
     images = torch.rand(batch, 3, image_size, image_size, device=dev)
     features = TextFeatures(features.hidden.to(dev), features.mask.to(dev))
     instructions = (INSTRUCTIONS * (batch // len(INSTRUCTIONS) + 1))[:batch]
 
+    def encoder(name: str, blocks: tuple[int, ...] = ()) -> TextAwareEncoder:
+        pruning = dict(prune_at=blocks, keep_ratio=keep_ratio, scorer=scorer) if blocks else {}
+        return TextAwareEncoder(backbone=backbone, text_dim=text_dim, fusion=name, backend=backend, **pruning)
+
     configs: dict[str, Callable[[], object]] = {
         "plain": lambda: backbone.model.forward_features(backbone.normalize(images)),
-        "text_aware": lambda: aware(images, text_features=features),
     }
-    for block, encoder in pruned.items():
-        configs[f"text_aware_pruned_at{block}"] = lambda encoder=encoder: encoder(
-            images, text_features=features
-        )
-    configs["adapter_xattn"] = lambda: adapter(images, text_features=features)
-    configs[f"adapter_xattn_pruned_at{prune_at[0]}"] = lambda: adapter_pruned(images, text_features=features)
-    if text_encoder is not None:
-        configs["text_aware_uncached"] = lambda: aware(images, text_features=text_encoder(instructions))
+    kept = None
+    for name in (headline, *others):
+        aware = encoder(name).eval().to(dev)
+        configs[name] = lambda aware=aware: aware(images, text_features=features)
+        for block in prune_at if name == headline else prune_at[:1]:
+            pruned = encoder(name, (block,))
+            pruned.load_state_dict(aware.state_dict())  # the same fusion weights, pruning added
+            pruned = pruned.eval().to(dev)
+            configs[f"{name}_pruned_at{block}"] = lambda pruned=pruned: pruned(images, text_features=features)
+            if kept is None:
+                with torch.inference_mode():
+                    kept = pruned(images, text_features=features).kept_indices.shape[1]
+        if name == headline and text_encoder is not None:
+            text_encoder.to(dev)
+            configs[f"{name}_uncached"] = lambda aware=aware: aware(
+                images, text_features=text_encoder(instructions)
+            )
     wall: dict[str, list[float]] = {name: [] for name in configs}
     cpu: dict[str, list[float]] = {name: [] for name in configs}
     with torch.inference_mode():
-        kept = pruned[prune_at[0]](images, text_features=features).kept_indices.shape[1]
         for round_index in range(warmup + repeats):
             for name, fn in configs.items():
                 elapsed, cpu_elapsed = _time(fn, dev)
@@ -177,18 +177,14 @@ def run(
     times = cpu if dev.type == "cpu" else wall
     best = {name: min(values) for name, values in times.items()}
     medians = {name: statistics.median(values) for name, values in times.items()}
-    headline = f"text_aware_pruned_at{prune_at[0]}"
+    pruned_name = f"{headline}_pruned_at{prune_at[0]}"
     ratios = {
-        "text_aware_over_plain": best["text_aware"] / best["plain"],
-        "plain_over_text_aware_pruned": best["plain"] / best[headline],
-        **{
-            f"plain_over_text_aware_pruned_at{b}": best["plain"] / best[f"text_aware_pruned_at{b}"]
-            for b in prune_at
-        },
-        "adapter_xattn_over_plain": best["adapter_xattn"] / best["plain"],
-        "plain_over_adapter_xattn_pruned": best["plain"] / best[f"adapter_xattn_pruned_at{prune_at[0]}"],
-        "median_text_aware_over_plain": medians["text_aware"] / medians["plain"],
-        "median_plain_over_text_aware_pruned": medians["plain"] / medians[headline],
+        "text_aware_over_plain": best[headline] / best["plain"],
+        "plain_over_text_aware_pruned": best["plain"] / best[pruned_name],
+        **{f"{n}_over_plain": best[n] / best["plain"] for n in (headline, *others)},
+        **{f"plain_over_{n}": best["plain"] / best[n] for n in best if "_pruned_at" in n},
+        "median_text_aware_over_plain": medians[headline] / medians["plain"],
+        "median_plain_over_text_aware_pruned": medians["plain"] / medians[pruned_name],
     }
     return {
         "benchmark": "encoder_forward",
@@ -203,14 +199,15 @@ def run(
         "patches": (image_size // 16) ** 2,
         "text_tokens": features.hidden.shape[1],
         "text_features": text_source,
-        "fusion": "gated_xattn in all blocks (adapter_xattn rows for comparison)",
+        "fusion": headline,
+        "compared_fusions": others,
         "kernel_backend": backend,
         "pruning": {
             "prune_at": list(prune_at),
             "headline_prune_at": prune_at[0],
             "keep_ratio": keep_ratio,
             "kept_patches": kept,
-            "scorer": "text",
+            "scorer": scorer,
         },
         "repeats": repeats,
         "warmup": warmup,
@@ -254,45 +251,47 @@ def to_markdown(result: dict, command: str) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     plain = result["ms_per_image"]["plain"]
-    labels = {
-        "plain": "plain ViT (timm forward_features)",
-        "text_aware": "text-aware, cached text features",
-        "text_aware_uncached": "text-aware, MiniLM-L6 run every batch",
-        "adapter_xattn": "`adapter_xattn` (shared q/proj) in all blocks, cached text features",
-        f"adapter_xattn_pruned_at{pruning['prune_at'][0]}": (
-            f"`adapter_xattn` + text-guided pruning after block {pruning['prune_at'][0] + 1}"
-        ),
-    }
-    for block in pruning["prune_at"]:
-        labels[f"text_aware_pruned_at{block}"] = (
-            f"text-aware + text-guided pruning to {pruning['kept_patches']} patches after block "
-            f"{block + 1} (`prune_at=({block},)`)"
-        )
+    fusion, kept = result["fusion"], pruning["kept_patches"]
+
+    def label(name: str) -> str:
+        if name == "plain":
+            return "plain ViT (timm forward_features)"
+        if name.endswith("_uncached"):
+            return f"`{name[: -len('_uncached')]}` in all blocks, MiniLM-L6 run every batch"
+        variant, _, block = name.partition("_pruned_at")
+        if block:
+            return (
+                f"`{variant}` + text-guided pruning to {kept} patches after block {int(block) + 1} "
+                f"(`prune_at=({block},)`)"
+            )
+        return f"`{name}` in all blocks, cached text features"
+
     for name, value in result["ms_per_image"].items():
         median = result["median_ms_per_image"][name]
         wall = result["min_wall_ms_per_image"][name]
-        lines.append(f"| {labels[name]} | {value:.1f} | {median:.1f} | {wall:.1f} | {value / plain:.2f}x |")
+        lines.append(f"| {label(name)} | {value:.1f} | {median:.1f} | {wall:.1f} | {value / plain:.2f}x |")
     met = "met" if result["goals"]["met"] else "NOT met"
     headline = pruning["headline_prune_at"]
     lines += [
         "",
-        f"- text-aware / plain = **{ratios['text_aware_over_plain']:.3f}** (goal ≤ 1.25; "
+        f"- `{fusion}` / plain = **{ratios['text_aware_over_plain']:.3f}** (goal ≤ 1.25; "
         f"median ratio {ratios['median_text_aware_over_plain']:.3f})",
-        f"- plain / text-aware-pruned (after block {headline + 1}) = "
+        f"- plain / `{fusion}` pruned (after block {headline + 1}) = "
         f"**{ratios['plain_over_text_aware_pruned']:.3f}x faster** (goal ≥ 1.5; "
         f"median ratio {ratios['median_plain_over_text_aware_pruned']:.3f})",
     ]
     for block in pruning["prune_at"][1:]:
         lines.append(
             f"- pruning after block {block + 1} instead: "
-            f"{ratios[f'plain_over_text_aware_pruned_at{block}']:.3f}x faster than plain"
+            f"{ratios[f'plain_over_{fusion}_pruned_at{block}']:.3f}x faster than plain"
         )
-    lines += [
-        f"- `adapter_xattn` instead: {ratios['adapter_xattn_over_plain']:.3f}x the plain time; "
-        f"with pruning {ratios['plain_over_adapter_xattn_pruned']:.3f}x faster than plain",
-        f"- goals (on `gated_xattn`) {met}",
-        "",
-    ]
+    first = pruning["prune_at"][0]
+    for other in result["compared_fusions"]:
+        lines.append(
+            f"- `{other}` instead: {ratios[f'{other}_over_plain']:.3f}x the plain time; with pruning "
+            f"{ratios[f'plain_over_{other}_pruned_at{first}']:.3f}x faster than plain"
+        )
+    lines += [f"- goals (on `{fusion}`) {met}", ""]
     return "\n".join(lines)
 
 
@@ -308,6 +307,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument(
+        "--fusion", default=None, help="headline fusion variant (default: the one configs/demo.yaml uses)"
+    )
     parser.add_argument(
         "--prune-at",
         type=int,
@@ -335,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=args.device,
         backend=args.backend,
         model_name=args.model,
+        fusion=args.fusion,
         prune_at=tuple(args.prune_at),
         keep_ratio=args.keep_ratio,
     )

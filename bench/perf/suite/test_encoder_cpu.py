@@ -6,18 +6,21 @@ import pytest
 import torch
 
 from textvision.encoder import TextAwareEncoder
+from textvision.fusion import FUSIONS
+from textvision.pruning import SCORERS
 from textvision.vision import demo_vit
 
 BATCH, TEXT_TOKENS, TEXT_DIM = 8, 16, 384  # MiniLM-L6 width; features precomputed (a cache hit)
 
-SETTINGS = {
-    "none": dict(fusion="none"),
-    "none+cls_attention@8": dict(fusion="none", prune_at=(1,), keep_tokens=8, scorer="cls_attention"),
-    "gated_xattn": dict(fusion="gated_xattn"),
-    "gated_xattn+text@8": dict(fusion="gated_xattn", prune_at=(1,), keep_tokens=8, scorer="text"),
-    "mutual+text@8": dict(fusion="mutual", prune_at=(1,), keep_tokens=8, scorer="text"),
-    "film+cls_attention@8": dict(fusion="film", prune_at=(1,), keep_tokens=8, scorer="cls_attention"),
-}
+# Every registered variant, unpruned and pruned to 8 patches after block 1: by its fusion kernel's
+# relevance when it attends to the text, else by a scorer that does not (the classes declare it).
+RELEVANCE = next(n for n, c in SCORERS.items() if c.reads_fusion_relevance)
+TEXT_BLIND = next(n for n, c in SCORERS.items() if not c.attends_to_text)
+SETTINGS: dict[str, dict] = {}
+for _name, _cls in sorted(FUSIONS.items()):
+    _scorer = RELEVANCE if _cls.attends_to_text else TEXT_BLIND
+    SETTINGS[_name] = dict(fusion=_name)
+    SETTINGS[f"{_name}+{_scorer}@8"] = dict(fusion=_name, prune_at=(1,), keep_tokens=8, scorer=_scorer)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

