@@ -186,9 +186,9 @@ def encoder_forward_cost(
     the plain ViT, no block fused); the FLOPs of a fused block are the plain block's plus the
     variant's own ``Fusion.flops``. The text adapter (``text_width → width``, once per forward)
     is counted when ``text_width`` is given and a block is fused. Pruning after block ``i``
-    (0-based, as in ``prune_at``) shrinks the patch count of every later block. Returns ``{"total_flops", "attention_flops", "blocks":
-    [...]}`` where each block entry gives its token count and FLOPs split into self-attention,
-    fusion and MLP.
+    (0-based, as in ``prune_at``) shrinks the patch count of every later block. Returns
+    ``{"total_flops", "attention_flops", "blocks": [...]}`` where each block entry gives its
+    token count and FLOPs split into self-attention, fusion and MLP.
     """
     if fusion is None:
         variant, fused = None, set()
