@@ -1,12 +1,13 @@
 """One command for every research result: cost model, fusion ablation, budget sweep, pruning curve,
 and the README "Results" section built from them.
 
-    python -m textvision.bench.experiments.run_all --out results                  # default sizes, CPU (~1 h)
-    python -m textvision.bench.experiments.run_all --out results --steps 4000     # larger
+    python -m textvision.bench.experiments.run_all --out results                # default sizes, CPU
+    python -m textvision.bench.experiments.run_all --out results --steps 4000   # larger
 
-The three training experiments share their runs (``bench/experiments/runs.py`` caches each trained model by
-its derived config): the budget sweep reuses the ablation's ``gated_xattn`` and ``none`` runs at
-the ablation's budget, and the test-time pruning curve evaluates those same two models.
+The three training experiments share their runs (``bench/experiments/runs.py`` caches each trained
+model by its merged config): at the ablation's budget the budget sweep's text-agnostic run is the
+ablation's, and its text-aware run (the base config) is the ablation's overlay that changes
+nothing; the test-time pruning curve evaluates those same two models.
 """
 
 from __future__ import annotations

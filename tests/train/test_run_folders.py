@@ -20,7 +20,7 @@ import yaml
 
 from textvision.fusion import FUSIONS
 from textvision.pruning import SCORERS
-from textvision.train.cli import CheckpointConfigError, cli_main
+from textvision.train.cli import CheckpointConfigError, cli_main, parse_config
 
 ENCODER = "model.vlm.init_args.encoder.init_args"
 # Variants and scorers by what their classes declare, from the registries (none named here): the
@@ -272,3 +272,16 @@ def test_console_errors_are_one_line_with_exit_code_2(trained, tmp_path, monkeyp
     assert cli_main() == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("textvision: error: --ckpt_path last: no last*.ckpt in")
+
+
+def test_parse_config_merges_like_the_cli_and_builds_nothing(tmp_path):
+    root = tmp_path / "never-made"
+    base = write(tmp_path / "base.yaml", config(root))
+    overlay = write(tmp_path / "overlay.yaml", {"model": {"lr": 0.5}, "trainer": {"max_steps": 9}})
+    parsed, text = parse_config(["-c", str(base), "-c", str(overlay), "--trainer.max_steps", "7"])
+    assert parsed["model.lr"] == 0.5 and parsed["trainer.max_steps"] == 7  # files in order, then flags
+    assert parsed[f"{ENCODER}.fusion"] == FUSION
+    assert not root.exists(), "no run folder is made for a config that is only parsed"
+    # the YAML is the whole merged config, which the CLI reads back to the same config
+    again, text_again = parse_config(["-c", text])
+    assert text_again == text and again["model.lr"] == 0.5
