@@ -40,10 +40,9 @@ from textvision.bench.experiments.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
-    variant_names,
-    variant_spec,
     write_result,
 )
+from textvision.bench.experiments.variants import variant_names, variant_spec
 
 __all__ = ["ablation_markdown", "ablation_specs", "main", "parameter_check", "run_ablation", "run_label"]
 

@@ -31,17 +31,14 @@ from textvision.bench.experiments.runs import (
     add_common_arguments,
     pct,
     settings_from_args,
-    text_agnostic_variants,
     train_and_evaluate,
-    variant_names,
-    variant_spec,
     write_result,
 )
+from textvision.bench.experiments.variants import default_agnostic, variant_names, variant_spec
 from textvision.train.cli import parse_config
 
 __all__ = [
     "DEFAULT_BUDGETS",
-    "default_agnostic",
     "gap_analysis",
     "main",
     "run_budget_sweep",
@@ -125,18 +122,6 @@ def _salient_details(settings: BenchSettings) -> int | None:
     """The scenes' ``num_objects`` as the CLI parses the base config (None: a data module without)."""
     value = parse_config(["-c", str(settings.base_config)])[0].get("data.init_args.num_objects")
     return None if value is None else int(value)
-
-
-def default_agnostic(settings: BenchSettings) -> str:
-    """The text-agnostic variant of ``settings.variant_configs`` (:func:`text_agnostic_variants`);
-    an error unless there is exactly one."""
-    found = text_agnostic_variants(settings)
-    if len(found) != 1:
-        raise ValueError(
-            f"{settings.variant_configs}: {len(found)} text-agnostic variants ({found}); "
-            "name one with --agnostic"
-        )
-    return found[0]
 
 
 def run_budget_sweep(

@@ -47,8 +47,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from textvision.bench.experiments.runs import ENCODER, describe_encoder, variant_names
-from textvision.bench.experiments.runs import VARIANT_CONFIGS as VARIANTS_DIR
+from textvision.bench.experiments.runs import ENCODER, describe_encoder
+from textvision.bench.experiments.variants import VARIANT_CONFIGS as VARIANTS_DIR
+from textvision.bench.experiments.variants import variant_names
 from textvision.train.cli import parse_config
 
 __all__ = ["CellSpec", "build_encoder", "cells", "main", "run_cell", "summarise", "unpruned_duplicates"]

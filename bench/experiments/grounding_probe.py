@@ -51,8 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textvision.bench.experiments.encoder_sweep import BASE_CONFIG
-from textvision.bench.experiments.runs import ENCODER, variant_names
-from textvision.bench.experiments.runs import VARIANT_CONFIGS as VARIANTS_DIR
+from textvision.bench.experiments.runs import ENCODER
+from textvision.bench.experiments.variants import VARIANT_CONFIGS as VARIANTS_DIR
+from textvision.bench.experiments.variants import variant_names
 
 __all__ = ["OptionClassifier", "ProbeSpec", "build_encoder", "main", "run_probe", "to_markdown"]
 

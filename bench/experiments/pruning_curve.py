@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from textvision.bench.experiments.budget_sweep import default_agnostic
 from textvision.bench.experiments.plots import plot_pruning_curve
 from textvision.bench.experiments.runs import (
     BenchSettings,
@@ -41,9 +40,9 @@ from textvision.bench.experiments.runs import (
     pct,
     settings_from_args,
     train_and_evaluate,
-    variant_spec,
     write_result,
 )
+from textvision.bench.experiments.variants import default_agnostic, variant_spec
 
 __all__ = ["DEFAULT_RATIOS", "curve_markdown", "main", "run_pruning_curve", "swappable_scorers"]
 

@@ -68,12 +68,8 @@ __all__ = [
     "probe_trained",
     "run_arguments",
     "settings_from_args",
-    "text_agnostic_variants",
     "time_encoder",
     "train_and_evaluate",
-    "variant_encoder",
-    "variant_names",
-    "variant_spec",
     "write_result",
 ]
 
@@ -152,47 +148,8 @@ def _flags(key: str, values: Mapping[str, Any]) -> list[str]:
     return ["-c", json.dumps(tree)]  # JSON is YAML
 
 
-#: the variants of the experiments: one overlay YAML each (``textvision fit -c base -c overlay``)
+#: the variant overlays of the experiments (:mod:`textvision.bench.experiments.variants`)
 VARIANT_CONFIGS = _REPO_ROOT / "configs" / "ablation"
-
-
-def variant_names(folder: str | Path = VARIANT_CONFIGS) -> list[str]:
-    """The variants: one per overlay YAML in ``folder``."""
-    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
-
-
-def variant_spec(
-    variant: str | None,
-    *,
-    keep_tokens: int | None = None,
-    keep_ratio: float | None = None,
-    scorer: str | None = None,
-    folder: str | Path = VARIANT_CONFIGS,
-) -> RunSpec:
-    """The :class:`RunSpec` of ``<folder>/<variant>.yaml`` (None: the base config alone) at a budget."""
-    if variant is None:
-        return RunSpec(None, keep_tokens=keep_tokens, keep_ratio=keep_ratio, scorer=scorer)
-    path = Path(folder) / f"{variant}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown variant {variant!r}; choose from {variant_names(folder)} (in {folder})")
-    return RunSpec(str(path), keep_tokens=keep_tokens, keep_ratio=keep_ratio, scorer=scorer)
-
-
-def variant_encoder(variant: str | None, settings: BenchSettings) -> dict[str, Any]:
-    """:func:`describe_encoder` of a variant overlay merged over the base config (None: the base)."""
-    spec = variant_spec(variant, keep_ratio=1.0, folder=settings.variant_configs)
-    return describe_encoder(parse_config(_base_arguments(spec, settings))[0])
-
-
-def text_agnostic_variants(settings: BenchSettings) -> list[str]:
-    """The variants whose fusion and scorer both declare that they do not attend to the text
-    (``attends_to_text`` of their classes)."""
-    out = []
-    for name in variant_names(settings.variant_configs):
-        encoder = variant_encoder(name, settings)
-        if not (encoder["fusion_attends_to_text"] or encoder["scorer_attends_to_text"]):
-            out.append(name)
-    return out
 
 
 @dataclass

@@ -44,14 +44,14 @@ def bench_settings(tmp_path_factory):
 def variants(bench_settings) -> dict[str, str]:
     """``{"agnostic", "aware"}``: the overlay whose fusion and scorer classes do not attend to the
     text, and the first whose fusion does (read from the classes, not named here)."""
-    from textvision.bench.experiments import runs
+    from textvision.bench.experiments import variants as overlays
 
     aware = next(
         n
-        for n in runs.variant_names(bench_settings.variant_configs)
-        if runs.variant_encoder(n, bench_settings)["fusion_attends_to_text"]
+        for n in overlays.variant_names(bench_settings.variant_configs)
+        if overlays.variant_encoder(n, bench_settings)["fusion_attends_to_text"]
     )
-    return {"agnostic": runs.text_agnostic_variants(bench_settings)[0], "aware": aware}
+    return {"agnostic": overlays.text_agnostic_variants(bench_settings)[0], "aware": aware}
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,8 @@ from textvision.bench.experiments.ablation import (
     parameter_check,
     run_label,
 )
-from textvision.bench.experiments.runs import (
-    evaluate_trained,
-    train_and_evaluate,
-    variant_names,
-    variant_spec,
-)
+from textvision.bench.experiments.runs import evaluate_trained, train_and_evaluate
+from textvision.bench.experiments.variants import variant_names, variant_spec
 
 
 def test_ablation_writes_json_markdown_and_png(ablation_result, bench_settings, variants):

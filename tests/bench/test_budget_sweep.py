@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from textvision.bench.experiments.budget_sweep import default_agnostic, gap_analysis, main, run_budget_sweep
+from textvision.bench.experiments.budget_sweep import gap_analysis, main, run_budget_sweep
+from textvision.bench.experiments.variants import default_agnostic
 
 
 def _run(keep, magnifier, pair):

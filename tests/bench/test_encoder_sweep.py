@@ -8,7 +8,8 @@ import json
 import pytest
 
 from textvision.bench.experiments import encoder_sweep
-from textvision.bench.experiments.runs import BenchSettings, variant_encoder
+from textvision.bench.experiments.runs import BenchSettings
+from textvision.bench.experiments.variants import variant_encoder
 
 from .conftest import REPO
 

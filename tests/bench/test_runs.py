@@ -26,8 +26,8 @@ from textvision.bench.experiments.runs import (
     run_arguments,
     settings_from_args,
     time_encoder,
-    variant_spec,
 )
+from textvision.bench.experiments.variants import variant_spec
 from textvision.fusion import FUSIONS
 from textvision.pruning import SCORERS
 from textvision.train.cli import parse_config
