@@ -24,10 +24,10 @@ length, so a new padded text length or batch does not re-benchmark (and CUDA-gra
 after warm-up never hits the benchmarker). A prune filter keeps the configs that suit the
 bucket, fit the register model (:func:`estimated_registers`) and are not in the table of
 configs ptxas was seen to spill (``known_spills.json``, written by
-``bench/kernels_compile_check.py --all-configs --update-spill-table``). Under the interpreter —
+``bench/perf/kernels_compile_check.py --all-configs --update-spill-table``). Under the interpreter —
 which cannot benchmark — and with ``TEXTVISION_AUTOTUNE=0`` the filter returns one config, the
 first that survives (the default);
-:func:`forced_config` pins any config (tests and ``bench/gpu_check.py`` force each one once).
+:func:`forced_config` pins any config (tests and ``bench/perf/gpu_check.py`` force each one once).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ MAX_BLOCK_T = 128
 AUTOTUNE = os.environ.get("TEXTVISION_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
 # A config whose estimate exceeds this is pruned. The model counts score and probability tiles
 # separately although ptxas overlaps them, so its units run above real registers. Calibrated on
-# ptxas (bench/kernels_compile_check.py --all-configs, fp16, D = 64/128, T = 32/77/200): of the
+# ptxas (bench/perf/kernels_compile_check.py --all-configs, fp16, D = 64/128, T = 32/77/200): of the
 # 642 configs under the budget 597 compiled without a spill, of the 102 above it 87 spilled. The
 # 45 that spill under it (a few bytes at 32-row tiles where ptxas picks 168 registers for
 # occupancy, and the fused relevance kernel at BLOCK_T = 128) are in the known-spills table.
@@ -153,7 +153,7 @@ def estimated_registers(elements: int, num_warps: int) -> int:
     """32-bit registers per thread for ``elements`` live 32-bit values of a program's tiles
     (accumulators, score tiles, operands), spread over ``32·num_warps`` threads, plus 32
     registers of addresses, masks and loop state. A model for the prune filter only; ptxas'
-    counts (``bench/kernels_compile_check.py``) are the truth it is calibrated on."""
+    counts (``bench/perf/kernels_compile_check.py``) are the truth it is calibrated on."""
     return 32 + -(-elements // (32 * num_warps))
 
 

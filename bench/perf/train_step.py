@@ -1,7 +1,7 @@
 """Training-step throughput of the demo model on CPU (samples/s).
 
 Builds the model and data exactly as ``configs/demo.yaml`` does (through LightningCLI, nothing
-is run), pre-generates the batches (data generation is benchmarked in ``bench/data``), then times
+is run), pre-generates the batches (data generation is benchmarked in ``bench/perf/data.py``), then times
 full optimizer steps: encoder (text features cached after the first sight of an instruction, as
 in training) + projector + LM forward, backward, gradient clipping, AdamW. Reports the median and
 the spread over timed steps; writes JSON and markdown.

@@ -65,7 +65,7 @@ def test_resolve_and_register_errors():
 
 @pytest.mark.parametrize("fusion", VARIANTS)
 def test_declared_flops_equal_the_counted_flops_of_the_forward(fusion):
-    # what bench/cost_model.py reads: FlopCounterMode counts the matmuls and attention of the
+    # what bench/perf/cost_model.py reads: FlopCounterMode counts the matmuls and attention of the
     # variant's forward (gates open), less the block's own attention sub-layer
     torch.manual_seed(0)
     backbone = tiny_timm()

@@ -117,7 +117,7 @@ class ObjectCurriculumSplit(Dataset):
 
     Why: with ``K`` objects the answer needs the question to *pick* one object, and a model trained
     from scratch must learn to see (colours, shapes) and to ground (the word ``triangle`` finds the
-    triangle's patch) at once; ``python -m textvision.bench.grounding_probe`` measures that the
+    triangle's patch) at once; ``python -m textvision.bench.experiments.grounding_probe`` measures that the
     second barely starts within the demo's budget. One-object scenes teach seeing with no
     selection to learn; growing scenes then teach grounding on top.
 

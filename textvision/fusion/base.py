@@ -118,7 +118,7 @@ class Fusion(nn.Module):
     @classmethod
     def flops(cls, *, batch: int, tokens: int, text_tokens: int, dim: int, num_heads: int) -> FusionFlops:
         """FLOPs this variant adds to one block's forward over ``tokens`` image tokens (CLS
-        included) and ``text_tokens`` text tokens of width ``dim`` (read by ``bench/cost_model.py``)."""
+        included) and ``text_tokens`` text tokens of width ``dim`` (read by ``bench/perf/cost_model.py``)."""
         raise NotImplementedError(f"{cls.__qualname__} does not define its FLOP count (classmethod flops)")
 
 

@@ -1,5 +1,5 @@
 """``QuestionReader``: the small question-aware answerer every encoder feeds in the encoder-level
-experiment (``python -m textvision.bench.encoder_sweep``).
+experiment (``python -m textvision.bench.experiments.encoder_sweep``).
 
 The research claim is about the encoder: does the question have to enter the ViT (fusion in every
 block) for the few visual tokens that survive pruning to hold the answer? A language model
