@@ -7,7 +7,7 @@ import torch
 
 from textvision.train.cli import TextVisionCLI
 
-ckpt = sys.argv[1]
+ckpt = sys.argv[1]  # usage (repository root): python token_ablations.py CKPT [OUT.json]
 cli = TextVisionCLI(
     args=[
         "-c",
