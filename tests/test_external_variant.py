@@ -6,7 +6,6 @@ the checkpoint."""
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +19,7 @@ from textvision.visualize import main as visualize_main
 
 MODULE = "tv_user_fusions"  # a name no other test uses: sys.modules keeps it for the session
 
-USER_MODULE = '''
-"""A user's fusion variant: a zero-gated bias from the pooled instruction, scaled by alpha."""
-
-import torch
-from torch import nn
-
-from textvision.fusion import Fusion, FusionFlops, FusionOutput
-
-
-class ScaledBias(Fusion):
-    def __init__(self, *, dim: int, num_heads: int, backend: str = "auto", alpha: float = 1.0) -> None:
-        super().__init__(dim=dim, num_heads=num_heads, backend=backend)
-        self.alpha = alpha
-        self.to_bias = nn.Linear(dim, dim)
-        self.gate = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x, text, text_mask, *, block, need_relevance=False):
-        weights = text_mask.to(x.dtype).unsqueeze(-1)
-        pooled = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        bias = self.alpha * torch.tanh(self.gate) * self.to_bias(pooled)
-        return FusionOutput(block.attention(x) + bias.unsqueeze(1), text, None)
-
-    @classmethod
-    def flops(cls, *, batch, tokens, text_tokens, dim, num_heads):
-        return FusionFlops(2.0 * batch * dim * dim, 0.0)
-'''
+USER_MODULE = (Path(__file__).parent / "assets" / "user_fusion.py").read_text()
 
 OVERLAY = f"""
 # the user's variant on top of the base config: nothing else changes
@@ -143,7 +117,7 @@ def _base_config(root: Path) -> dict:
 def user_files(tmp_path, monkeypatch):
     """The two files a user writes: their module (on the path, as PYTHONPATH puts it) and a YAML."""
     (tmp_path / "user").mkdir()
-    (tmp_path / "user" / f"{MODULE}.py").write_text(textwrap.dedent(USER_MODULE))
+    (tmp_path / "user" / f"{MODULE}.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path / "user"))
     monkeypatch.delitem(sys.modules, MODULE, raising=False)
     base = tmp_path / "base.yaml"
