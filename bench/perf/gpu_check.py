@@ -153,8 +153,9 @@ def _atol(name: str) -> float:
     return _ATOL.get(name, _ATOL["rel"] if name == "rel" else (1e-3 if name.startswith("o") else 2e-3))
 
 
-def _cross_case(case: Case, device: str, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
+def _cross_inputs(case: Case, device: str, g: torch.Generator):
+    """``(q, k, v, mask, upstream, ref, pt)``: cross-attention inputs drawn from ``g`` and the float64
+    reference's and PyTorch-in-the-input-dtype's outputs and gradients on them."""
     dtype = _DTYPES[case.dtype]
     B, H, N, T, D = case.batch, case.heads, case.n_img, case.n_text, case.head_dim
     q, k, v = (_tokens(B, H, n, D, g, device, dtype) for n in (N, T, T))
@@ -162,6 +163,12 @@ def _cross_case(case: Case, device: str, seed: int) -> dict:
     upstream = torch.randn(B, H, N, D, generator=g).to(device)
     ref = _cross_run(q, k, v, mask, upstream, backend="torch", dtype=torch.float64)
     pt = _cross_pt(q, k, v, mask, upstream)
+    return q, k, v, mask, upstream, ref, pt
+
+
+def _cross_case(case: Case, device: str, seed: int) -> dict:
+    dtype, T, D = _DTYPES[case.dtype], case.n_text, case.head_dim
+    q, k, v, mask, upstream, ref, pt = _cross_inputs(case, device, torch.Generator().manual_seed(seed))
     checks, paths = [], {}
     # Short text: fused relevance + one-launch backward, then two-pass relevance + the three
     # launches; long text has only the latter.
@@ -234,8 +241,9 @@ def _mutual_pt(xs, mask, upstream):
     return [o_img.detach(), o_txt.detach(), rel] + [x.grad for x in leaves]
 
 
-def _mutual_case(case: Case, device: str, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
+def _mutual_inputs(case: Case, device: str, g: torch.Generator):
+    """``(xs, mask, upstream, ref, pt)``: mutual-attention inputs drawn from ``g`` and the float64
+    reference's and PyTorch-in-the-input-dtype's outputs and gradients on them."""
     dtype = _DTYPES[case.dtype]
     B, H, N, T, D = case.batch, case.heads, case.n_img, case.n_text, case.head_dim
     xs = [_tokens(B, H, n, D, g, device, dtype) for n in (N, N, N, T, T, T)]
@@ -246,6 +254,11 @@ def _mutual_case(case: Case, device: str, seed: int) -> dict:
     )
     ref = _mutual_run(xs, mask, upstream, backend="torch", dtype=torch.float64)
     pt = _mutual_pt(xs, mask, upstream)
+    return xs, mask, upstream, ref, pt
+
+
+def _mutual_case(case: Case, device: str, seed: int) -> dict:
+    xs, mask, upstream, ref, pt = _mutual_inputs(case, device, torch.Generator().manual_seed(seed))
     got = _mutual_run(xs, mask, upstream, backend="triton")
     checks = [_check(n, a, r, p, _atol(n)) for n, a, r, p in zip(MUTUAL_NAMES, got, ref, pt, strict=True)]
     o_txt, dk_txt, dv_txt = got[1], got[7], got[8]
@@ -313,26 +326,12 @@ def _forced_configs(device: str, dry_run: bool, quick: bool = False) -> list[dic
 
 def _forced_run(case: Case, device: str, fused: bool | None, short: bool | None) -> dict:
     g = torch.Generator().manual_seed(1)
-    dtype = _DTYPES[case.dtype]
-    B, H, N, T, D = case.batch, case.heads, case.n_img, case.n_text, case.head_dim
-    mask = None
     if case.kernel == "cross":
-        q, k, v = (_tokens(B, H, n, D, g, device, dtype) for n in (N, T, T))
-        mask = _mask(B, T, g).to(device)
-        upstream = torch.randn(B, H, N, D, generator=g).to(device)
-        ref = _cross_run(q, k, v, mask, upstream, backend="torch", dtype=torch.float64)
-        pt = _cross_pt(q, k, v, mask, upstream)
+        q, k, v, mask, upstream, ref, pt = _cross_inputs(case, device, g)
         got = _cross_run(q, k, v, mask, upstream, backend="triton", fused=fused, short=short)
         names = CROSS_NAMES
     else:
-        xs = [_tokens(B, H, n, D, g, device, dtype) for n in (N, N, N, T, T, T)]
-        mask = _mask(B, T, g).to(device)
-        upstream = (
-            torch.randn(B, H, N, D, generator=g).to(device),
-            torch.randn(B, H, T, D, generator=g).to(device),
-        )
-        ref = _mutual_run(xs, mask, upstream, backend="torch", dtype=torch.float64)
-        pt = _mutual_pt(xs, mask, upstream)
+        xs, mask, upstream, ref, pt = _mutual_inputs(case, device, g)
         got = _mutual_run(xs, mask, upstream, backend="triton")
         names = MUTUAL_NAMES
     checks = [_check(n, a, r, p, _atol(n)) for n, a, r, p in zip(names, got, ref, pt, strict=True)]
