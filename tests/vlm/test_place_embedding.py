@@ -10,6 +10,7 @@ from textvision.pruning import TextSimilarityScorer
 from textvision.vision import TimmViT
 from textvision.vlm.language_model import LanguageModel
 from textvision.vlm.model import TextAwareVLM
+from textvision.vlm.place import PlaceEmbedding
 
 from .test_language_model import LLAMA, TOKENIZER
 
@@ -38,7 +39,7 @@ def test_places_follow_the_kept_patches_and_reach_the_projector():
         keep_order="score",
     )
     assert vlm.projector.in_dim == 32 + 8
-    assert any(p is vlm.place.weight for p in vlm.parameter_groups()["projector"])
+    assert any(p is vlm.place.patch.weight for p in vlm.parameter_groups()["projector"])
     images = torch.rand(2, 3, 32, 32)
     out = _encoded(vlm, images)
     places = vlm.token_places(out, out.tokens.shape[:2])
@@ -58,3 +59,55 @@ def test_places_without_pruning_are_the_whole_grid_and_zero_width_is_off():
     assert off.place is None and off.projector.in_dim == 32
     with pytest.raises(ValueError, match="place_width"):
         _vlm(-1)
+
+
+def test_row_col_places_factor_into_a_row_and_a_column_vector():
+    torch.manual_seed(0)
+    place = PlaceEmbedding(grid=(3, 4), width=5, layout="row_col")
+    assert place.num_places == 13
+    ids = torch.arange(13).view(1, 13)
+    out = place(ids)
+    assert out.shape == (1, 13, 5)
+    # patch n sits at row n // 4, column n % 4; index 0 of both tables is the prefix tokens'
+    for n in range(12):
+        expected = place.row.weight[1 + n // 4] + place.col.weight[1 + n % 4]
+        torch.testing.assert_close(out[0, 1 + n], expected)
+    torch.testing.assert_close(out[0, 0], place.row.weight[0] + place.col.weight[0])
+    # two patches of one row differ only by their columns
+    torch.testing.assert_close(out[0, 1] - out[0, 2], place.col.weight[1] - place.col.weight[2])
+    out.square().sum().backward()
+    assert place.row.weight.grad.abs().sum(1).gt(0).all() and place.col.weight.grad.abs().sum(1).gt(0).all()
+
+
+def test_patch_places_are_one_vector_per_patch():
+    place = PlaceEmbedding(grid=(2, 2), width=3, layout="patch")
+    ids = torch.tensor([[0, 1, 4]])
+    torch.testing.assert_close(place(ids)[0], place.patch.weight[[0, 1, 4]])
+
+
+def test_bad_places_and_layouts_are_refused():
+    place = PlaceEmbedding(grid=(2, 2), width=3, layout="row_col")
+    with pytest.raises(ValueError, match=r"place ids must lie in \[0, 5\)"):
+        place(torch.tensor([[0, 5]]))
+    with pytest.raises(ValueError, match="place ids"):
+        place(torch.tensor([[-1]]))
+    with pytest.raises(TypeError, match="long"):
+        place(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="layout"):
+        PlaceEmbedding(grid=(2, 2), width=3, layout="rope")
+    with pytest.raises(ValueError, match="width"):
+        PlaceEmbedding(grid=(2, 2), width=0)
+
+
+def test_the_vlm_builds_the_row_col_layout_and_trains_it_with_the_projector():
+    torch.manual_seed(0)
+    backbone = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    encoder = TextAwareEncoder(backbone=backbone, text_dim=12, fusion="gated_xattn")
+    lm = LanguageModel(config=LLAMA, model_type="llama", tokenizer=TOKENIZER)
+    vlm = TextAwareVLM(encoder=encoder, language_model=lm, place_width=6, place_layout="row_col")
+    assert vlm.place.layout == "row_col" and vlm.place.grid == (4, 4)
+    projector_params = {id(p) for p in vlm.parameter_groups()["projector"]}
+    assert {id(vlm.place.row.weight), id(vlm.place.col.weight)} <= projector_params
+    out = _encoded(vlm, torch.rand(1, 3, 32, 32))
+    places = vlm.token_places(out, out.tokens.shape[:2])
+    assert vlm.place(places).shape == (1, 17, 6)

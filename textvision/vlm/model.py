@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from textvision.vision.backbone import VisionBackbone, check_pixels
 from textvision.vlm.language_model import LanguageModel
+from textvision.vlm.place import PlaceEmbedding
 from textvision.vlm.projector import build_projector
 
 __all__ = ["TextAwareVLM", "VisualEncoder"]
@@ -60,6 +61,9 @@ class TextAwareVLM(nn.Module):
             concatenated to the token before the projector. Pruning leaves the LM a few tokens
             whose order no longer says where they were; this tells it (the role 2-D position ids
             play for visual tokens in Qwen2-VL's M-RoPE). Part of the ``projector`` group.
+        place_layout: ``"patch"`` (one learned vector per patch) or ``"row_col"`` (a row vector
+            plus a column vector, M-RoPE's factorisation; learns faster, see
+            :mod:`textvision.vlm.place`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class TextAwareVLM(nn.Module):
         share_t5_encoder: bool = False,
         length_normalize: bool = False,
         place_width: int = 0,
+        place_layout: Literal["patch", "row_col"] = "patch",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -84,8 +89,9 @@ class TextAwareVLM(nn.Module):
                 raise ValueError(
                     "place_width needs an encoder with a backbone patch grid (backbone.grid_size)"
                 )
-            # place 0 = a prefix token, 1 + n = patch n of the native grid
-            self.place = nn.Embedding(1 + int(grid[0]) * int(grid[1]), place_width)
+            self.place = PlaceEmbedding(
+                grid=(int(grid[0]), int(grid[1])), width=place_width, layout=place_layout
+            )
         self.language_model = language_model
         self.projector = build_projector(
             projector, in_dim=int(encoder.width) + place_width, out_dim=language_model.hidden_size
@@ -202,7 +208,7 @@ class TextAwareVLM(nn.Module):
         device = out.tokens.device
         kept = out.kept_indices
         if kept is None:
-            kept = torch.arange(self.place.num_embeddings - 1, device=device).expand(batch, -1)
+            kept = torch.arange(self.place.num_places - 1, device=device).expand(batch, -1)
         places = torch.zeros(batch, length, dtype=torch.long, device=device)
         places[:, prefix : prefix + kept.shape[1]] = kept.long() + 1
         return places
