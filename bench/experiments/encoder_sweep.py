@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from textvision.bench.experiments.runs import ENCODER, describe_encoder
 from textvision.bench.experiments.variants import VARIANT_CONFIGS as VARIANTS_DIR
@@ -79,12 +80,31 @@ class CellSpec:
         return f"{self.variant}-k{self.budget}-s{self.seed}"
 
     def key(self) -> str:
-        """A hash of the settings and of the two YAMLs the encoder is built from."""
-        overlay = (VARIANTS_DIR / f"{self.variant}.yaml").read_text()
+        """A hash of the settings and of what the encoder and the scenes are built from: the base
+        config's ``model.vlm.init_args.encoder`` and ``data`` sections and the variant overlay, as
+        parsed YAML. Comments, the base config's trainer settings (the demo's steps, logging) and
+        the checkout's path are left out, so editing the demo's schedule or sweeping from a fresh clone reads the
+        cells already recorded."""
+        base = yaml.safe_load(Path(self.base_config).read_text())
+        overlay = yaml.safe_load((VARIANTS_DIR / f"{self.variant}.yaml").read_text())
+        spec = asdict(self)
+        spec["base_config"] = _repo_relative(self.base_config)
         blob = json.dumps(
-            {"spec": asdict(self), "base": BASE_CONFIG.read_text(), "overlay": overlay}, sort_keys=True
+            {
+                "spec": spec,
+                "encoder": base["model"]["vlm"]["init_args"]["encoder"],
+                "data": base["data"],
+                "overlay": overlay,
+            },
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (checkouts differ in where they are)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def build_encoder(variant: str, budget: int, *, seed: int, base_config: str | Path = BASE_CONFIG):

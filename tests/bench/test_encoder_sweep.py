@@ -69,3 +69,34 @@ def test_sweep_trains_each_cell_once_with_the_same_reader(tmp_path, capsys, vari
     # a second run reads the records instead of training again
     second = encoder_sweep.main(args)
     assert second["meta"]["trained_now"] == 0 and second["table"] == table
+
+
+def test_cell_key_follows_the_encoder_and_data_not_the_trainer_comments_or_checkout(tmp_path):
+    base = (REPO / "configs" / "demo.yaml").read_text()
+    spec = encoder_sweep.CellSpec(variant="gated_xattn", budget=4, seed=0, steps=1000)
+    key = spec.key()
+    # the checkout's path is not part of the key: the base config as a path inside the repository
+    assert encoder_sweep._repo_relative(spec.base_config) == "configs/demo.yaml"
+
+    def key_of(text: str) -> str:
+        path = tmp_path / "demo.yaml"
+        path.write_text(text)
+        return encoder_sweep.CellSpec(**{**spec.__dict__, "base_config": str(path)}).key()
+
+    # the demo's schedule and a comment: the same encoder, the same cell
+    assert key_of(base.replace("max_steps: 1400", "max_steps: 99") + "\n# a note\n") == key_of(base)
+    assert "max_steps: 1400" in base
+    # the encoder or the scenes changed: a new cell
+    assert key_of(base.replace("keep_tokens: 8", "keep_tokens: 6")) != key_of(base)
+    assert key_of(base.replace("num_objects: 12", "num_objects: 10")) != key_of(base)
+    assert encoder_sweep.CellSpec(**{**spec.__dict__, "seed": 1}).key() != key
+
+
+def test_the_recorded_cells_match_their_settings_as_the_sweep_computes_them():
+    cells = sorted((REPO / "results" / "encoder_sweep" / "cells").glob("*.json"))
+    assert cells
+    for path in cells:
+        record = json.loads(path.read_text())
+        settings = {**record["spec"], "base_config": str(REPO / "configs" / "demo.yaml")}
+        spec = encoder_sweep.CellSpec(**settings)
+        assert spec.key() == record["key"], f"{path.name} would be retrained"
