@@ -83,8 +83,8 @@ class CellSpec:
         """A hash of the settings and of what the encoder and the scenes are built from: the base
         config's ``model.vlm.init_args.encoder`` and ``data`` sections and the variant overlay, as
         parsed YAML. Comments, the base config's trainer settings (the demo's steps, logging) and
-        the checkout's path are left out, so editing the demo's schedule or sweeping from a fresh clone reads the
-        cells already recorded."""
+        the checkout's path are left out, so editing the demo's schedule or sweeping from a fresh
+        clone reads the cells already recorded."""
         base = yaml.safe_load(Path(self.base_config).read_text())
         overlay = yaml.safe_load((VARIANTS_DIR / f"{self.variant}.yaml").read_text())
         spec = asdict(self)

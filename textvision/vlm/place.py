@@ -16,7 +16,7 @@ Two layouts:
   trained alone on cached encoder outputs, position questions reached 57 % (magnifier) / 85 %
   (mmvp-pairs) after 2,000 steps with ``row_col`` against 22 % / 49 % with ``patch`` (chance
   25 / 50 %, one run each); in the full demo it did not help on seed 0 (47.9 % magnifier against
-  52.5 %), so the demo keeps ``patch`` (``results/demo/diagnosis/cached_lm/``).
+  52.5 %), so the demo keeps ``patch`` (``results/superseded/demo-2200steps/diagnosis/cached_lm/``).
 
 Place ids are the VLM's (:meth:`textvision.vlm.model.TextAwareVLM.token_places`): 0 for a prefix
 token, ``1 + n`` for patch ``n`` of the grid in row-major order.
