@@ -79,6 +79,10 @@ class CellSpec:
     def name(self) -> str:
         return f"{self.variant}-k{self.budget}-s{self.seed}"
 
+    def settings(self) -> dict[str, Any]:
+        """The spec as recorded: every field, the base config as a path inside the repository."""
+        return {**asdict(self), "base_config": _repo_relative(self.base_config)}
+
     def key(self) -> str:
         """A hash of the settings and of what the encoder and the scenes are built from: the base
         config's ``model.vlm.init_args.encoder`` and ``data`` sections and the variant overlay, as
@@ -87,11 +91,9 @@ class CellSpec:
         clone reads the cells already recorded."""
         base = yaml.safe_load(Path(self.base_config).read_text())
         overlay = yaml.safe_load((VARIANTS_DIR / f"{self.variant}.yaml").read_text())
-        spec = asdict(self)
-        spec["base_config"] = _repo_relative(self.base_config)
         blob = json.dumps(
             {
-                "spec": spec,
+                "spec": self.settings(),
                 "encoder": base["model"]["vlm"]["init_args"]["encoder"],
                 "data": base["data"],
                 "overlay": overlay,
@@ -228,7 +230,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     trained = time.perf_counter()
     metrics = evaluate(encoder, reader, generator, spec)
     return {
-        "spec": asdict(spec),
+        "spec": spec.settings(),
         "name": spec.name,
         "key": spec.key(),
         **metrics,
