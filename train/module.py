@@ -131,7 +131,7 @@ class TextVisionModule(LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         visual, out = self.vlm.encode(batch["image"], batch["instruction"])
-        loss = self.vlm.language_model.loss(visual, batch["prompt"], batch["answer"])
+        loss = self.vlm.language_model.loss(visual, batch["prompt"], batch["answer"], batch["options"])
         size = len(batch["answer"])
         if self.hparams.grounding_weight:
             grounding = grounding_loss(out.selection_logits, batch["target_patch"])

@@ -78,6 +78,24 @@ def test_overfit_fixed_batch_then_option_scoring_is_right(lm):
     assert replies == batch["answer"]
 
 
+@pytest.mark.parametrize("lm", ["llama", "t5"])
+def test_training_step_gives_the_lm_the_batch_options(lm):
+    """With ``option_loss_weight`` set, the training loss is the LM's loss with the batch's options
+    (answer cross-entropy + the option term, which is > 0 before training), for both LM kinds."""
+    torch.manual_seed(0)
+    lm_kwargs = {"config": LLAMA if lm == "llama" else T5, "model_type": lm, "tokenizer": TOKENIZER}
+    module = TextVisionModule(tiny_vlm(lm={**lm_kwargs, "option_loss_weight": 2.0}), grounding_weight=0.0)
+    batch = fixed_batch()
+    lm_side = module.vlm.language_model
+    with torch.no_grad():
+        step_loss = module.training_step(batch, 0)
+        visual, _ = module.vlm.encode(batch["image"], batch["instruction"])
+        with_options = lm_side.loss(visual, batch["prompt"], batch["answer"], batch["options"])
+        answer_only = lm_side.loss(visual, batch["prompt"], batch["answer"])
+    torch.testing.assert_close(step_loss, with_options)
+    assert with_options > answer_only + 0.1  # 2 x (a softmax over 3 colours at init, about ln 3)
+
+
 def test_freeze_groups_and_parameter_groups():
     vlm = tiny_vlm(freeze=["backbone", "projector"])
     groups = vlm.parameter_groups()

@@ -226,3 +226,77 @@ def test_minilm_decoder_is_causal():
             logits = lm.model(**inputs, use_cache=False).logits
         last_prompt_logits.append(logits[0, -(len(answer_ids[0]) + 1)])
     torch.testing.assert_close(last_prompt_logits[0], last_prompt_logits[1], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- option-restricted loss
+OPTION_PROMPTS = ["where is the ring?", "what colour is it?", "describe it", "where is the bar?"]
+OPTION_ANSWERS = ["top right", "red", "a thing", "bottom left"]
+OPTIONS = [
+    ["top left", "top right", "bottom left", "bottom right"],
+    ["blue", "red"],
+    [],  # free-form: no option term
+    ["top left", "top right", "bottom left", "bottom right"],
+]
+
+
+def _with_weight(lm: LanguageModel, weight: float) -> LanguageModel:
+    lm.option_loss_weight = weight
+    return lm
+
+
+def _expected_option_loss(lm: LanguageModel, visual: torch.Tensor) -> torch.Tensor:
+    """The option term recomputed in float64 from the raw HF logits, one decision point at a time."""
+    prompt_ids = lm._prompt_ids(OPTION_PROMPTS)
+    answer_ids = lm._answer_ids(OPTION_ANSWERS)
+    inputs = lm._causal_inputs(visual, prompt_ids, answer_ids)
+    inputs.pop("labels")
+    logits = lm.model(**inputs, use_cache=False).logits.double()
+    terms = []
+    for i, (answer, opts) in enumerate(zip(answer_ids, OPTIONS, strict=True)):
+        option_ids = lm._answer_ids(opts) if opts else []
+        start = logits.shape[1] - len(answer)  # answers end the sequence; column start + t holds token t
+        for t in range(len(answer)):
+            following = sorted({o[t] for o in option_ids if len(o) > t and o[:t] == answer[:t]})
+            if len(following) < 2:
+                continue
+            row = logits[i, start + t - 1]  # the position before token t predicts it
+            picked = row[torch.tensor(following)]
+            terms.append(-(picked[following.index(answer[t])] - torch.logsumexp(picked, 0)))
+    return torch.stack(terms).mean()
+
+
+def test_option_loss_adds_the_restricted_cross_entropy_at_each_decision_point(llama):
+    torch.manual_seed(3)
+    visual = torch.randn(len(OPTION_PROMPTS), 4, 32)
+    with torch.no_grad():
+        plain = _with_weight(llama, 0.0).loss(visual, OPTION_PROMPTS, OPTION_ANSWERS, OPTIONS)
+        assert torch.equal(plain, llama.loss(visual, OPTION_PROMPTS, OPTION_ANSWERS))  # weight 0: unchanged
+        weighted = _with_weight(llama, 0.5).loss(visual, OPTION_PROMPTS, OPTION_ANSWERS, OPTIONS)
+        expected = _expected_option_loss(llama, visual)
+    _with_weight(llama, 0.0)
+    # decision points: "top|bottom" then "left|right" for both quadrant items, "blue|red" once
+    torch.testing.assert_close(weighted.double(), plain.double() + 0.5 * expected, atol=1e-5, rtol=1e-5)
+    assert expected > 0
+
+
+def test_option_loss_skips_free_form_items_and_answers_outside_the_options(llama):
+    torch.manual_seed(4)
+    visual = torch.randn(2, 4, 32)
+    prompts, answers = OPTION_PROMPTS[:2], ["a thing", "green"]  # free-form; not among the options
+    with torch.no_grad():
+        plain = llama.loss(visual, prompts, answers)
+        weighted = _with_weight(llama, 1.0).loss(visual, prompts, answers, [[], ["blue", "red"]])
+    _with_weight(llama, 0.0)
+    assert torch.equal(weighted, plain)
+
+
+def test_option_loss_trains_and_its_arguments_are_checked():
+    torch.manual_seed(0)
+    lm = LanguageModel(config=LLAMA, model_type="llama", tokenizer=TOKENIZER, option_loss_weight=1.0)
+    visual = torch.randn(len(OPTION_PROMPTS), 4, 32, requires_grad=True)
+    lm.loss(visual, OPTION_PROMPTS, OPTION_ANSWERS, OPTIONS).backward()
+    assert visual.grad is not None and torch.isfinite(visual.grad).all() and visual.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="option lists"):
+        lm.loss(visual, OPTION_PROMPTS, OPTION_ANSWERS, OPTIONS[:2])
+    with pytest.raises(ValueError, match="option_loss_weight"):
+        LanguageModel(config=LLAMA, model_type="llama", tokenizer=TOKENIZER, option_loss_weight=-1.0)

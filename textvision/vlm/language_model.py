@@ -9,6 +9,16 @@ Visual tokens (already projected to the LM width) enter as input embeddings:
   Tokenizers without a BOS (Qwen2) start directly with the visual tokens.
 * **T5** (seq2seq): the encoder reads ``v_1 … v_M prompt </s>``, the decoder produces the answer.
 
+Training minimises the cross-entropy of the answer tokens (and EOS) over the whole vocabulary;
+with ``option_loss_weight > 0`` items that come with options add an **option-restricted**
+cross-entropy from the same teacher-forced pass: at each answer token where the options still
+agreeing with the gold answer diverge, a softmax over only their next tokens (the multiple-choice
+objective; "top left" vs "top right" is decided at its second token). The full-vocabulary loss asks
+a from-scratch LM for a question-conditioned readout (the colour word for colour questions, the shape
+word for shape questions); the option term rewards the ranking the evaluation reads. Measured on the
+demo's LM with oracle visual tokens (``results/demo/diagnosis/lm_reading``): colour only without it,
+colour and position 100 % with it, in 1,200 steps.
+
 Answers come from greedy generation (:meth:`LanguageModel.generate`) or from option scoring
 (:meth:`LanguageModel.score`): the summed log-likelihood of an option's tokens **and the closing
 EOS** given the image and prompt. The EOS term makes a prefix ("red") and its extension ("red
@@ -75,6 +85,10 @@ class LanguageModel(nn.Module):
         attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
         trust_remote_code: off unless the user turns it on.
         gradient_checkpointing: transformers' activation checkpointing for the LM.
+        option_loss_weight: weight of the option-restricted cross-entropy added to the answer loss
+            for items with options (module docstring); ``0`` (default) trains on the answer loss
+            only. Items without options (free-form, ``[]``) or whose answer is not among them add
+            nothing.
     """
 
     def __init__(
@@ -96,6 +110,7 @@ class LanguageModel(nn.Module):
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        option_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
         from transformers import (
@@ -109,6 +124,9 @@ class LanguageModel(nn.Module):
             raise ValueError(
                 "LanguageModel needs `name_or_path` (pretrained) or `config` (built from scratch)"
             )
+        if not option_loss_weight >= 0.0:
+            raise ValueError(f"option_loss_weight must be >= 0, got {option_loss_weight}")
+        self.option_loss_weight = float(option_loss_weight)
         if "{prompt}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{prompt}}', got {prompt_template!r}")
         tok_source = tokenizer or name_or_path
@@ -287,6 +305,17 @@ class LanguageModel(nn.Module):
 
     def _token_logprobs(self, visual: Tensor, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
         """Answer-token log-probabilities: (logp (B, A), labels (B, A)), labels IGNORE_INDEX-padded."""
+        logp, labels = self._answer_logprobs(visual, prompt_ids, answer_ids)
+        return self._gather_labels(logp, labels), labels
+
+    @staticmethod
+    def _gather_labels(logp: Tensor, labels: Tensor) -> Tensor:
+        safe = labels.clamp_min(0)
+        token_logp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        return token_logp.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+    def _answer_logprobs(self, visual: Tensor, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
+        """Log-softmax over the vocabulary at every answer position: (logp (B, A, V), labels (B, A))."""
         if self.is_encoder_decoder:
             inputs = self._seq2seq_inputs(visual, prompt_ids, answer_ids)
             labels = inputs["labels"]
@@ -299,23 +328,62 @@ class LanguageModel(nn.Module):
             logits = self.model(**inputs, use_cache=False, **kwargs).logits
             logits = logits[:, -(keep + 1) : -1]  # position t predicts token t + 1
             labels = full_labels[:, -keep:]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        safe = labels.clamp_min(0)
-        token_logp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        return token_logp.masked_fill(labels == IGNORE_INDEX, 0.0), labels
+        return torch.log_softmax(logits.float(), dim=-1), labels
+
+    def _option_loss(
+        self, logp: Tensor, labels: Tensor, answer_ids: list[list[int]], options: Sequence[Sequence[str]]
+    ) -> Tensor:
+        """Mean option-restricted cross-entropy over the batch's decision points (module docstring).
+
+        ``logp (B, A, V)`` and ``labels (B, A)`` from :meth:`_answer_logprobs`; a decision point is an
+        answer token where more than one option agrees with the gold answer so far.
+        """
+        rows, cols, candidates, gold = [], [], [], []
+        for i, (answer, opts) in enumerate(zip(answer_ids, options, strict=True)):
+            option_ids = self._answer_ids(list(opts)) if opts else []
+            if answer not in option_ids:
+                continue
+            columns = (labels[i] != IGNORE_INDEX).nonzero().flatten().tolist()
+            for t, column in enumerate(columns):
+                following = sorted({o[t] for o in option_ids if len(o) > t and o[:t] == answer[:t]})
+                if len(following) > 1:
+                    rows.append(i)
+                    cols.append(column)
+                    candidates.append(following)
+                    gold.append(following.index(answer[t]))
+        if not rows:
+            return logp.sum() * 0.0  # keeps the graph (and DDP's used-parameter set) intact
+        width = max(len(c) for c in candidates)
+        device = logp.device
+        index = torch.tensor([c + [c[0]] * (width - len(c)) for c in candidates], device=device)
+        padded = torch.tensor([[j >= len(c) for j in range(width)] for c in candidates], device=device)
+        at = logp[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, V)
+        restricted = at.gather(1, index).masked_fill(padded, float("-inf"))
+        return torch.nn.functional.cross_entropy(restricted, torch.tensor(gold, device=device))
 
     # ------------------------------------------------------------------ public API
-    def loss(self, visual: Tensor, prompts: Sequence[str], answers: Sequence[str]) -> Tensor:
-        """Mean cross-entropy over answer tokens (and their EOS). visual: (B, M, H)."""
+    def loss(
+        self,
+        visual: Tensor,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        options: Sequence[Sequence[str]] | None = None,
+    ) -> Tensor:
+        """Mean cross-entropy over answer tokens (and their EOS), plus ``option_loss_weight`` times
+        the option-restricted cross-entropy when ``options`` are given. visual: (B, M, H)."""
         if not (len(prompts) == len(answers) == visual.shape[0]):
             raise ValueError(
                 f"batch mismatch: {visual.shape[0]} images, {len(prompts)} prompts, {len(answers)} answers"
             )
-        token_logp, labels = self._token_logprobs(
-            visual, self._prompt_ids(prompts), self._answer_ids(answers)
-        )
+        if options is not None and len(options) != len(answers):
+            raise ValueError(f"batch mismatch: {len(answers)} answers, {len(options)} option lists")
+        answer_ids = self._answer_ids(answers)
+        logp, labels = self._answer_logprobs(visual, self._prompt_ids(prompts), answer_ids)
         valid = labels != IGNORE_INDEX
-        return -(token_logp * valid).sum() / valid.sum().clamp_min(1)
+        loss = -(self._gather_labels(logp, labels) * valid).sum() / valid.sum().clamp_min(1)
+        if self.option_loss_weight and options is not None:
+            loss = loss + self.option_loss_weight * self._option_loss(logp, labels, answer_ids, options)
+        return loss
 
     def score(
         self,

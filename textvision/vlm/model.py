@@ -214,11 +214,17 @@ class TextAwareVLM(nn.Module):
         return places
 
     def loss(
-        self, images: Tensor, instructions: Sequence[str], prompts: Sequence[str], answers: Sequence[str]
+        self,
+        images: Tensor,
+        instructions: Sequence[str],
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        options: Sequence[Sequence[str]] | None = None,
     ) -> Tensor:
-        """Mean cross-entropy over answer tokens."""
+        """The LM's training loss (:meth:`LanguageModel.loss`: answer cross-entropy, plus its option
+        term when ``options`` are given and its ``option_loss_weight`` is set)."""
         visual, _ = self.encode(images, instructions)
-        return self.language_model.loss(visual, prompts, answers)
+        return self.language_model.loss(visual, prompts, answers, options)
 
     def forward(
         self, images: Tensor, instructions: Sequence[str], prompts: Sequence[str], answers: Sequence[str]
