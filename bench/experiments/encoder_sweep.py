@@ -150,11 +150,20 @@ def _target_positions(kept: torch.Tensor | None, target: torch.Tensor, prefix: i
 
 def _forward(encoder, reader, batch: dict[str, Any]):
     from textvision.pretrain.alignment import mean_pool
+    from textvision.vlm.place import place_ids
 
     features = encoder.encode_text(batch["instruction"])
     out = encoder(batch["image"], text_features=features)
     sentence = mean_pool(features.hidden, features.mask)
-    places = reader.places(out.kept_indices, encoder.num_prefix_tokens, out.tokens.shape[0])
+    batch_size, length = out.tokens.shape[:2]
+    places = place_ids(
+        out.kept_indices,
+        num_prefix_tokens=encoder.num_prefix_tokens,
+        num_patches=reader.place.num_places - 1,
+        batch=batch_size,
+        length=length,
+        device=out.tokens.device,
+    )
     read = reader(out.tokens, sentence, batch["options"], places)
     positions = _target_positions(out.kept_indices, batch["target_patch"], encoder.num_prefix_tokens)
     return out, read, positions
@@ -177,7 +186,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         visual_width=encoder.width,
         text_width=encoder.text_dim,
         vocabulary=vocabulary,
-        num_patches=scene.grid**2,
+        grid=(scene.grid, scene.grid),
     )
     groups = encoder.parameter_groups()
     selection_trains = encoder.pruner.enabled and bool(groups["scorer"])

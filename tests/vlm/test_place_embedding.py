@@ -10,7 +10,7 @@ from textvision.pruning import TextSimilarityScorer
 from textvision.vision import TimmViT
 from textvision.vlm.language_model import LanguageModel
 from textvision.vlm.model import TextAwareVLM
-from textvision.vlm.place import PlaceEmbedding
+from textvision.vlm.place import PlaceEmbedding, place_ids
 
 from .test_language_model import LLAMA, TOKENIZER
 
@@ -111,3 +111,13 @@ def test_the_vlm_builds_the_row_col_layout_and_trains_it_with_the_projector():
     out = _encoded(vlm, torch.rand(1, 3, 32, 32))
     places = vlm.token_places(out, out.tokens.shape[:2])
     assert vlm.place(places).shape == (1, 17, 6)
+
+
+def test_place_ids_mark_prefix_kept_patches_and_trailing_tokens():
+    kept = torch.tensor([[5, 0, 63], [1, 2, 3]])
+    places = place_ids(kept, num_prefix_tokens=1, num_patches=64, batch=2, length=5)
+    # CLS 0, kept patch n -> 1 + n, a trailing (merged) token 0
+    assert places.tolist() == [[0, 6, 1, 64, 0], [0, 2, 3, 4, 0]]
+    assert place_ids(None, num_prefix_tokens=2, num_patches=3, batch=1).tolist() == [[0, 0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="cannot hold"):
+        place_ids(kept, num_prefix_tokens=1, num_patches=64, batch=2, length=3)

@@ -6,21 +6,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from textvision.vlm.place import place_ids
 from textvision.vlm.reader import QuestionReader
 
 
 def _reader(**kwargs):
     torch.manual_seed(0)
     words = ["red", "blue", "green", "top left"]
-    return QuestionReader(visual_width=16, text_width=8, vocabulary=words, num_patches=6, **kwargs)
+    return QuestionReader(visual_width=16, text_width=8, vocabulary=words, grid=(2, 3), **kwargs)
 
 
 def test_reader_scores_each_item_s_options_and_its_attention_sums_to_one():
     reader = _reader()
     tokens, sentence = torch.randn(2, 5, 16), torch.randn(2, 8)
-    places = reader.places(torch.tensor([[0, 2, 3, 5], [1, 2, 4, 5]]), 1, 2)
+    places = place_ids(
+        torch.tensor([[0, 2, 3, 5], [1, 2, 4, 5]]), num_prefix_tokens=1, num_patches=6, batch=2
+    )
     assert places.tolist() == [[0, 1, 3, 4, 6], [0, 2, 3, 5, 6]]
-    assert reader.places(None, 1, 1).tolist() == [[0, 1, 2, 3, 4, 5, 6]]
+    assert place_ids(None, num_prefix_tokens=1, num_patches=6, batch=1).tolist() == [[0, 1, 2, 3, 4, 5, 6]]
     out = reader(tokens, sentence, [["red", "blue"], ["green", "red"]], places)
     pieces = (tokens, places)
     assert out.logits.shape == (2, 2) and out.attention.shape == (2, 5)
@@ -64,7 +67,9 @@ def test_reader_learns_to_find_and_read_the_queried_token():
         tokens = torch.cat([keys[order], F.one_hot(values, 4).float(), torch.zeros(32, 6, 4)], dim=-1)
         asked = torch.randint(6, (32,))
         label = values.gather(1, (order == asked[:, None]).float().argmax(1, keepdim=True)).squeeze(1)
-        out = reader(tokens, keys[asked], [answers] * 32, reader.places(None, 0, 32))
+        out = reader(
+            tokens, keys[asked], [answers] * 32, place_ids(None, num_prefix_tokens=0, num_patches=6, batch=32)
+        )
         loss = F.cross_entropy(out.logits, label)
         optimizer.zero_grad()
         loss.backward()

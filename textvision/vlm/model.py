@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from textvision.vision.backbone import VisionBackbone, check_pixels
 from textvision.vlm.language_model import LanguageModel
-from textvision.vlm.place import PlaceEmbedding
+from textvision.vlm.place import PlaceEmbedding, place_ids
 from textvision.vlm.projector import build_projector
 
 __all__ = ["TextAwareVLM", "VisualEncoder"]
@@ -201,17 +201,16 @@ class TextAwareVLM(nn.Module):
         return self.projector(tokens), out
 
     def token_places(self, out: Any, shape: tuple[int, int]) -> Tensor:
-        """``(B, M)`` place ids of the encoder's output tokens: 0 for prefix tokens (and a merged
-        token), ``1 + n`` for patch ``n`` of the grid (``kept_indices``, or all patches in order)."""
+        """``(B, M)`` place ids of the encoder's output tokens (:func:`~textvision.vlm.place.place_ids`)."""
         batch, length = shape
-        prefix = int(self.encoder.num_prefix_tokens)
-        device = out.tokens.device
-        kept = out.kept_indices
-        if kept is None:
-            kept = torch.arange(self.place.num_places - 1, device=device).expand(batch, -1)
-        places = torch.zeros(batch, length, dtype=torch.long, device=device)
-        places[:, prefix : prefix + kept.shape[1]] = kept.long() + 1
-        return places
+        return place_ids(
+            out.kept_indices,
+            num_prefix_tokens=int(self.encoder.num_prefix_tokens),
+            num_patches=self.place.num_places - 1,
+            batch=batch,
+            length=length,
+            device=out.tokens.device,
+        )
 
     def loss(
         self,

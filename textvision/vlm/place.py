@@ -18,8 +18,9 @@ Two layouts:
   25 / 50 %, one run each); in the full demo it did not help on seed 0 (47.9 % magnifier against
   52.5 %), so the demo keeps ``patch`` (``results/superseded/demo-2200steps/diagnosis/cached_lm/``).
 
-Place ids are the VLM's (:meth:`textvision.vlm.model.TextAwareVLM.token_places`): 0 for a prefix
-token, ``1 + n`` for patch ``n`` of the grid in row-major order.
+Place ids (:func:`place_ids`, used by the VLM and by the encoder-level experiment's
+:class:`~textvision.vlm.reader.QuestionReader` alike): 0 for a prefix token, ``1 + n`` for patch
+``n`` of the grid in row-major order.
 """
 
 from __future__ import annotations
@@ -29,9 +30,35 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PLACE_LAYOUTS", "PlaceEmbedding"]
+__all__ = ["PLACE_LAYOUTS", "PlaceEmbedding", "place_ids"]
 
 PLACE_LAYOUTS = ("patch", "row_col")
+
+
+def place_ids(
+    kept_indices: Tensor | None,
+    *,
+    num_prefix_tokens: int,
+    num_patches: int,
+    batch: int,
+    length: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``(B, length)`` long place ids of an encoder's output tokens.
+
+    The first ``num_prefix_tokens`` tokens (CLS, registers) get 0; the next ``K`` get ``1 + n`` for
+    the kept patch ``n`` (``kept_indices (B, K)``, or all ``num_patches`` in order when nothing was
+    pruned); tokens after them (a merged token) get 0. ``length`` defaults to prefix + ``K``.
+    """
+    if kept_indices is None:
+        kept_indices = torch.arange(num_patches, device=device).expand(batch, -1)
+    kept = kept_indices.shape[1]
+    length = num_prefix_tokens + kept if length is None else length
+    if length < num_prefix_tokens + kept:
+        raise ValueError(f"{length} tokens cannot hold {num_prefix_tokens} prefix tokens and {kept} patches")
+    places = torch.zeros(batch, length, dtype=torch.long, device=kept_indices.device)
+    places[:, num_prefix_tokens : num_prefix_tokens + kept] = kept_indices.long() + 1
+    return places
 
 
 class PlaceEmbedding(nn.Module):

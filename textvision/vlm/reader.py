@@ -14,7 +14,8 @@ query, Li et al., "BLIP-2", 2023).
 
 The reader knows where each token came from, as an LM knows the order of its visual tokens: a
 learned embedding of the token's place (CLS, or its patch in the original grid, from the
-encoder's ``kept_indices``) is concatenated to its normalised features — beside them, not added,
+encoder's ``kept_indices``; the VLM's :class:`~textvision.vlm.place.PlaceEmbedding` and
+:func:`~textvision.vlm.place.place_ids`) is concatenated to its normalised features — beside them, not added,
 so place and content stay apart and the place is as loud as the content from step 0 — so "where
 is the triangle?" and "the red object on the left" can be answered from whichever patches survive.
 
@@ -31,6 +32,8 @@ from typing import NamedTuple
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+
+from textvision.vlm.place import PlaceEmbedding
 
 __all__ = ["QuestionReader", "ReaderOutput"]
 
@@ -50,7 +53,7 @@ class QuestionReader(nn.Module):
         visual_width: visual token width ``Dv``.
         text_width: sentence embedding width ``Dt``.
         vocabulary: every answer string; options are scored by their index in it.
-        num_patches: patches of the encoder's full grid (for the place embedding).
+        grid: the encoder's patch grid ``(H, W)`` (for the place embedding).
         place_width: width of the place embedding.
         dim: attention width.
         num_heads: attention heads.
@@ -63,7 +66,7 @@ class QuestionReader(nn.Module):
         visual_width: int,
         text_width: int,
         vocabulary: Sequence[str],
-        num_patches: int,
+        grid: tuple[int, int],
         place_width: int = 32,
         dim: int = 128,
         num_heads: int = 4,
@@ -74,10 +77,9 @@ class QuestionReader(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by {num_heads} heads")
         self.index = {word: i for i, word in enumerate(dict.fromkeys(vocabulary))}
         self.num_heads = num_heads
-        self.num_patches = int(num_patches)
         # place 0 = a prefix token (CLS), 1 + n = patch n of the grid; unit-variance like the
         # normalised features it sits beside
-        self.place = nn.Embedding(self.num_patches + 1, place_width)
+        self.place = PlaceEmbedding(grid=grid, width=place_width, layout="patch")
         self.norm_tokens = nn.LayerNorm(visual_width)
         self.to_q = nn.Linear(text_width, dim)
         self.to_k = nn.Linear(visual_width + place_width, dim)
@@ -96,19 +98,11 @@ class QuestionReader(nn.Module):
             raise ValueError(f"items of one batch need the same number of options, got {sorted(lengths)}")
         return torch.tensor([[self.index[o] for o in row] for row in options])
 
-    def places(self, kept_indices: Tensor | None, num_prefix_tokens: int, batch: int) -> Tensor:
-        """``(B, M)`` place ids of an encoder's output tokens: prefix tokens, then the kept patches
-        (``kept_indices``, or the whole grid in order when nothing was pruned)."""
-        if kept_indices is None:
-            kept_indices = torch.arange(self.num_patches).expand(batch, -1)
-        prefix = torch.zeros(batch, num_prefix_tokens, dtype=torch.long, device=kept_indices.device)
-        return torch.cat([prefix, kept_indices.long() + 1], dim=1)
-
     def forward(
         self, tokens: Tensor, sentence: Tensor, options: Sequence[Sequence[str]], places: Tensor
     ) -> ReaderOutput:
         """``tokens (B, M, Dv)``, ``sentence (B, Dt)``, ``options`` (B lists of strings), ``places
-        (B, M)`` long (see :meth:`places`)."""
+        (B, M)`` long (:func:`~textvision.vlm.place.place_ids`)."""
         if places.shape != tokens.shape[:2]:
             raise ValueError(f"places {tuple(places.shape)} do not match tokens {tuple(tokens.shape[:2])}")
         keys = torch.cat([self.norm_tokens(tokens), self.place(places.to(tokens.device))], dim=-1)
