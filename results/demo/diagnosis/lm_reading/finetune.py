@@ -13,7 +13,7 @@ p.add_argument("--no_options", action="store_true", help="strip the Options: lis
 p.add_argument("--place_scale", type=float, default=1.0)
 p.add_argument("--ln", action="store_true", help="LayerNorm tokens before concat")
 p.add_argument("--seed", type=int, default=0); p.add_argument("--eval_every", type=int, default=500)
-p.add_argument("--extra", default="[]"); p.add_argument("--init", default=""); p.add_argument("--whiten", action="store_true"); p.add_argument("--vocab", action="store_true"); p.add_argument("--temp", type=float, default=1.0); p.add_argument("--lm_lr", type=float, default=1.0)
+p.add_argument("--extra", default="[]"); p.add_argument("--init", default=""); p.add_argument("--whiten", action="store_true"); p.add_argument("--vocab", action="store_true"); p.add_argument("--caption_mix", action="store_true"); p.add_argument("--mix_only", action="store_true"); p.add_argument("--temp", type=float, default=1.0); p.add_argument("--lm_lr", type=float, default=1.0)
 p.add_argument("--place_kind", default="learned", choices=["learned", "rowcol", "sincos"])
 a = p.parse_args()
 torch.manual_seed(a.seed)
@@ -60,14 +60,38 @@ if a.vocab:
     content = nn.Linear(vlm.encoder.width, V); nn.init.zeros_(content.weight); nn.init.zeros_(content.bias)
     placeword = nn.Embedding(65, V); nn.init.zeros_(placeword.weight)
     proj = nn.ModuleList([content, placeword])
+if a.caption_mix:
+    from safetensors.torch import load_file
+    from textvision.pretrain.alignment import DenseAlignmentHeads, mean_pool
+    from textvision.pretrain.cache import alignment_heads_path
+    from textvision.pretrain.captions import CaptionBank
+    from textvision.data.scene import SceneConfig
+    st = load_file(str(alignment_heads_path("configs/pretrain/demo_vit.yaml")))
+    heads = DenseAlignmentHeads(vision_width=128, text_width=384, dim=st["patch_proj.weight"].shape[0]); heads.load_state_dict(st); heads.requires_grad_(False)
+    bank = CaptionBank(SceneConfig(canvas_size=64, patch_size=8, num_objects=12))
+    te = vlm.encoder.text_encoder
+    with torch.no_grad():
+        f = te(bank.texts); bank_emb = heads.embed_text(mean_pool(f.hidden, f.mask))
+    wp = lm.tokenizer(bank.texts, add_special_tokens=False)["input_ids"]
+    rows = [r for r, ids in enumerate(wp) for _ in ids]; cols = [i for ids in wp for i in ids]; vals = [1.0 / len(ids) for ids in wp for _ in ids]
+    Wc = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals), (len(wp), len(lm.tokenizer))).coalesce()
+    scale = heads.log_scale.exp().item(); print("captions", len(wp), "scale", scale)
 def visual(tok, pl):
     if a.top1: tok, pl = tok[:, :2], pl[:, :2]
+    if a.caption_mix:
+        E = lm.base_model.get_input_embeddings().weight
+        cap = torch.sparse.mm(Wc, E)  # (C, H) word-mean embedding of each caption
+        w = (scale * heads.embed_patches(tok) @ bank_emb.T).softmax(-1)
+        mix = w @ cap
+        if a.mix_only: return mix + place_lm(pl)
+        return proj(torch.cat([norm(tok), a.place_scale * place(pl)], -1)) + mix
     if a.vocab:
         E = lm.base_model.get_input_embeddings().weight
         return (content(norm(tok)) / a.temp).softmax(-1) @ E + (placeword(pl) / a.temp).softmax(-1) @ E
     return proj(torch.cat([norm(tok), a.place_scale * place(pl)], -1))
-params = [*lm.parameters(), *proj.parameters(), *place.parameters(), *norm.parameters()]
-opt = torch.optim.AdamW([{'params': list(lm.parameters()), 'lr': a.lr * a.lm_lr}, {'params': [*proj.parameters(), *place.parameters(), *norm.parameters()]}], lr=a.lr, weight_decay=0.01)
+place_lm = nn.Embedding(65, lm.hidden_size)
+params = [*lm.parameters(), *proj.parameters(), *place.parameters(), *norm.parameters(), *place_lm.parameters()]
+opt = torch.optim.AdamW([{'params': list(lm.parameters()), 'lr': a.lr * a.lm_lr}, {'params': [*proj.parameters(), *place.parameters(), *norm.parameters(), *place_lm.parameters()]}], lr=a.lr, weight_decay=0.01)
 warm = int(0.05 * a.steps)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s+1)/max(1,warm)) * (0.1 + 0.9*0.5*(1+math.cos(math.pi*min(1,s/a.steps)))))
 N = tr["tokens"].shape[0]
