@@ -14,6 +14,7 @@ p.add_argument("--place_scale", type=float, default=1.0)
 p.add_argument("--ln", action="store_true", help="LayerNorm tokens before concat")
 p.add_argument("--seed", type=int, default=0); p.add_argument("--eval_every", type=int, default=500)
 p.add_argument("--extra", default="[]"); p.add_argument("--init", default=""); p.add_argument("--whiten", action="store_true"); p.add_argument("--vocab", action="store_true"); p.add_argument("--caption_mix", action="store_true"); p.add_argument("--mix_only", action="store_true"); p.add_argument("--temp", type=float, default=1.0); p.add_argument("--lm_lr", type=float, default=1.0)
+p.add_argument("--place_text", action="store_true", help="each patch token preceded by its quadrant words")
 p.add_argument("--place_kind", default="learned", choices=["learned", "rowcol", "sincos"])
 a = p.parse_args()
 torch.manual_seed(a.seed)
@@ -76,7 +77,17 @@ if a.caption_mix:
     rows = [r for r, ids in enumerate(wp) for _ in ids]; cols = [i for ids in wp for i in ids]; vals = [1.0 / len(ids) for ids in wp for _ in ids]
     Wc = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals), (len(wp), len(lm.tokenizer))).coalesce()
     scale = heads.log_scale.exp().item(); print("captions", len(wp), "scale", scale)
+from textvision.data.scene import QUADRANT_WORDS, quadrant_of
+QUAD_IDS = torch.tensor([lm.tokenizer(w, add_special_tokens=False)["input_ids"] for w in QUADRANT_WORDS])
+def with_place_text(vis, pl):
+    """[CLS, q1a, q1b, v1, q2a, q2b, v2, ...]: each patch token after its quadrant's words."""
+    n = (pl[:, 1:] - 1); words = lm.embed(QUAD_IDS[quadrant_of(n // 8, n % 8, 8)])  # (B, K, 2, H)
+    body = torch.cat([words, vis[:, 1:, None]], 2).flatten(1, 2)
+    return torch.cat([vis[:, :1], body], 1)
 def visual(tok, pl):
+    if a.place_text: return with_place_text(visual_tokens(tok, pl), pl if not a.top1 else pl[:, :2])
+    return visual_tokens(tok, pl)
+def visual_tokens(tok, pl):
     if a.top1: tok, pl = tok[:, :2], pl[:, :2]
     if a.caption_mix:
         E = lm.base_model.get_input_embeddings().weight
