@@ -5,22 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
+from textvision.data.scene import QUADRANT_WORDS
 from textvision.encoder import TextAwareEncoder
 from textvision.pruning import TextSimilarityScorer
 from textvision.vision import TimmViT
 from textvision.vlm.language_model import LanguageModel
 from textvision.vlm.model import TextAwareVLM
-from textvision.vlm.place import PlaceEmbedding, place_ids
+from textvision.vlm.place import PlaceEmbedding, PlaceWords, place_ids
 
 from .test_language_model import LLAMA, TOKENIZER
 
 
-def _vlm(place_width: int, **encoder_args) -> TextAwareVLM:
+def _vlm(place_width: int, place_text: bool = False, **encoder_args) -> TextAwareVLM:
     torch.manual_seed(0)
     backbone = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     encoder = TextAwareEncoder(backbone=backbone, text_dim=12, fusion="gated_xattn", **encoder_args)
     lm = LanguageModel(config=LLAMA, model_type="llama", tokenizer=TOKENIZER)
-    return TextAwareVLM(encoder=encoder, language_model=lm, place_width=place_width)
+    return TextAwareVLM(encoder=encoder, language_model=lm, place_width=place_width, place_text=place_text)
 
 
 def _encoded(vlm, images):
@@ -121,3 +122,76 @@ def test_place_ids_mark_prefix_kept_patches_and_trailing_tokens():
     assert place_ids(None, num_prefix_tokens=2, num_patches=3, batch=1).tolist() == [[0, 0, 1, 2, 3]]
     with pytest.raises(ValueError, match="cannot hold"):
         place_ids(kept, num_prefix_tokens=1, num_patches=64, batch=2, length=3)
+
+
+def test_place_words_put_each_patch_after_its_quadrant_words():
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(10, 5)
+    words = PlaceWords(grid=(4, 4), word_ids=[[1, 2], [3, 4], [5, 6], [7, 8]])
+    visual = torch.randn(2, 4, 5, requires_grad=True)
+    # CLS, then patches 0 (top left), 7 (row 1, col 3: top right), 13 (row 3, col 1: bottom left)
+    places = torch.tensor([[0, 1, 8, 14], [0, 16, 1, 9]])
+    out = words(visual, places, embed=embed)
+    assert out.shape == (2, 1 + 3 * 3, 5)
+    quadrants = [[0, 1, 2], [3, 0, 2]]  # patch 15: bottom right; patch 8 (row 2, col 0): bottom left
+    for i in range(2):
+        expected = [visual[i, 0]]
+        for j, q in enumerate(quadrants[i]):
+            expected += [embed.weight[2 * q + 1], embed.weight[2 * q + 2], visual[i, 1 + j]]
+        assert torch.equal(out[i], torch.stack(expected))
+    out.sum().backward()
+    assert visual.grad is not None and embed.weight.grad[1:9].abs().sum() > 0
+
+
+def test_place_words_reject_what_they_cannot_write():
+    with pytest.raises(ValueError, match="square grid"):
+        PlaceWords(grid=(4, 6), word_ids=[[1], [2], [3], [4]])
+    with pytest.raises(ValueError, match="one token length"):
+        PlaceWords(grid=(4, 4), word_ids=[[1], [2, 3], [4], [5]])
+    words = PlaceWords(grid=(4, 4), word_ids=[[1], [2], [3], [4]])
+    embed = torch.nn.Embedding(5, 3)
+    with pytest.raises(ValueError, match="same prefix/patch layout"):
+        words(torch.randn(2, 3, 3), torch.tensor([[0, 1, 2], [1, 0, 2]]), embed=embed)
+    with pytest.raises(ValueError, match="do not match"):
+        words(torch.randn(2, 3, 3), torch.tensor([[0, 1], [0, 2]]), embed=embed)
+
+
+class _FixedText(torch.nn.Module):
+    """Random (B, 3, 12) instruction features: the encoder needs some text, not a real one."""
+
+    width = 12
+
+    def forward(self, texts):
+        return torch.randn(len(texts), 3, 12), torch.ones(len(texts), 3, dtype=torch.bool)
+
+
+def test_place_text_vlm_gives_the_lm_each_kept_patch_after_its_quadrant_words():
+    vlm = _vlm(
+        0,
+        place_text=True,
+        prune_at=[1],
+        keep_tokens=3,
+        scorer="text_similarity",
+        similarity=TextSimilarityScorer(vision_width=32, text_width=12, dim=8),
+        keep_order="score",
+    )
+    assert vlm.place is None and vlm.projector.in_dim == 32
+    vlm.encoder.text_encoder = _FixedText()
+    lm = vlm.language_model
+    ids = lm.word_ids(QUADRANT_WORDS)
+    assert [lm.tokenizer.decode(i) for i in ids] == list(QUADRANT_WORDS)
+    images = torch.rand(2, 3, 32, 32)
+    visual, out = vlm.encode(images, ["what colour is the triangle?", "where is the red square?"])
+    assert visual.shape == (2, 1 + 3 * 3, lm.hidden_size)
+    rows, cols = out.kept_indices // 4, out.kept_indices % 4
+    quadrant = 2 * (rows >= 2).long() + (cols >= 2).long()
+    for i in range(2):
+        for j in range(3):
+            expected = lm.embed(torch.tensor(ids[int(quadrant[i, j])]))
+            assert torch.equal(visual[i, 1 + 3 * j : 3 + 3 * j], expected)
+    loss = vlm.loss(images, ["a", "b"], ["what colour?", "where?"], ["red", "top left"])
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert vlm.projector.net[0].weight.grad.abs().sum() > 0
+    word_grad = lm.model.get_input_embeddings().weight.grad
+    assert word_grad[torch.tensor(ids).flatten()].abs().sum() > 0  # the LM learns its place words

@@ -222,6 +222,10 @@ class LanguageModel(nn.Module):
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.get_input_embeddings()(ids)
 
+    def word_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of words as they read inside a reply (with ``answer_prefix``, no specials)."""
+        return self._tokenize([self.answer_prefix + t for t in texts])
+
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 

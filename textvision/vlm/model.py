@@ -20,9 +20,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from textvision.data.scene import QUADRANT_WORDS
 from textvision.vision.backbone import VisionBackbone, check_pixels
 from textvision.vlm.language_model import LanguageModel
-from textvision.vlm.place import PlaceEmbedding, place_ids
+from textvision.vlm.place import PlaceEmbedding, PlaceWords, place_ids
 from textvision.vlm.projector import build_projector
 
 __all__ = ["TextAwareVLM", "VisualEncoder"]
@@ -64,6 +65,11 @@ class TextAwareVLM(nn.Module):
         place_layout: ``"patch"`` (one learned vector per patch) or ``"row_col"`` (a row vector
             plus a column vector, M-RoPE's factorisation; learns faster, see
             :mod:`textvision.vlm.place`).
+        place_text: each kept patch's visual token reaches the LM after the LM's own word
+            embeddings of its quadrant (``"top left"``, ... :data:`~textvision.data.scene.QUADRANT_WORDS`),
+            the place written as text as Shikra writes coordinates (Chen et al., arXiv 2306.15195);
+            prefix tokens get no words. A learned place vector has to be found by the LM; words it
+            can copy. Needs a backbone patch grid with an even side (``results/demo/diagnosis/lm_reading/``).
     """
 
     def __init__(
@@ -77,22 +83,28 @@ class TextAwareVLM(nn.Module):
         length_normalize: bool = False,
         place_width: int = 0,
         place_layout: Literal["patch", "row_col"] = "patch",
+        place_text: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         if place_width < 0:
             raise ValueError(f"place_width must be >= 0, got {place_width}")
         self.place = None
-        if place_width:
+        self.grid: tuple[int, int] | None = None
+        if place_width or place_text:
             grid = getattr(getattr(encoder, "backbone", None), "grid_size", None)
             if grid is None:
                 raise ValueError(
-                    "place_width needs an encoder with a backbone patch grid (backbone.grid_size)"
+                    "place_width and place_text need an encoder with a backbone patch grid "
+                    "(backbone.grid_size)"
                 )
-            self.place = PlaceEmbedding(
-                grid=(int(grid[0]), int(grid[1])), width=place_width, layout=place_layout
-            )
+            self.grid = (int(grid[0]), int(grid[1]))
+        if place_width:
+            self.place = PlaceEmbedding(grid=self.grid, width=place_width, layout=place_layout)
         self.language_model = language_model
+        self.place_words = None
+        if place_text:
+            self.place_words = PlaceWords(grid=self.grid, word_ids=language_model.word_ids(QUADRANT_WORDS))
         self.projector = build_projector(
             projector, in_dim=int(encoder.width) + place_width, out_dim=language_model.hidden_size
         )
@@ -196,17 +208,23 @@ class TextAwareVLM(nn.Module):
             raise ValueError(f"{images.shape[0]} images but {len(instructions)} instructions")
         out = self.encoder(images, list(instructions))
         tokens = out.tokens
+        places = None if self.grid is None else self.token_places(out, tokens.shape[:2])
         if self.place is not None:
-            tokens = torch.cat([tokens, self.place(self.token_places(out, tokens.shape[:2]))], dim=-1)
-        return self.projector(tokens), out
+            tokens = torch.cat([tokens, self.place(places)], dim=-1)
+        visual = self.projector(tokens)
+        if self.place_words is not None:
+            visual = self.place_words(visual, places, embed=self.language_model.embed)
+        return visual, out
 
     def token_places(self, out: Any, shape: tuple[int, int]) -> Tensor:
         """``(B, M)`` place ids of the encoder's output tokens (:func:`~textvision.vlm.place.place_ids`)."""
+        if self.grid is None:
+            raise ValueError("token_places needs place_width or place_text (a backbone patch grid)")
         batch, length = shape
         return place_ids(
             out.kept_indices,
             num_prefix_tokens=int(self.encoder.num_prefix_tokens),
-            num_patches=self.place.num_places - 1,
+            num_patches=self.grid[0] * self.grid[1],
             batch=batch,
             length=length,
             device=out.tokens.device,
