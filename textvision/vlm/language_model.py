@@ -17,8 +17,9 @@ objective; "top left" vs "top right" is decided at its second token). The full-v
 a from-scratch LM for a question-conditioned readout (the colour word for colour questions, the shape
 word for shape questions); the option term rewards the ranking the evaluation reads. Measured on the
 demo's LM with oracle visual tokens (``results/demo/diagnosis/lm_reading``): colour only without it,
-colour and position 100 % with it, in 1,200 steps; in the full demo (real tokens, seed 0) it did not
-help (magnifier 45.1 % vs 48.0 %), so the demo leaves it off.
+colour and position 100 % with it, in 1,200 steps; in the full demo (real tokens, seed 0) alone it did
+not help (magnifier 45.1 % vs 48.0 %), with the place written as words (``TextAwareVLM(place_text=True)``)
+it did (75.8 %), so the demo turns both on.
 
 Answers come from greedy generation (:meth:`LanguageModel.generate`) or from option scoring
 (:meth:`LanguageModel.score`): the summed log-likelihood of an option's tokens **and the closing
