@@ -69,7 +69,8 @@ class TextAwareVLM(nn.Module):
             embeddings of its quadrant (``"top left"``, ... :data:`~textvision.data.scene.QUADRANT_WORDS`),
             the place written as text as Shikra writes coordinates (Chen et al., arXiv 2306.15195);
             prefix tokens get no words. A learned place vector has to be found by the LM; words it
-            can copy. Needs a backbone patch grid with an even side (``results/demo/diagnosis/lm_reading/``).
+            can copy. Needs a square backbone patch grid with an even side
+            (``results/demo/diagnosis/lm_reading/``).
     """
 
     def __init__(
